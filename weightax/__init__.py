@@ -1,0 +1,16 @@
+"""weightax: loss weighting for JAX, in Optax's style.
+
+The whole public API is re-exported here.
+"""
+
+from weightax import aggregators
+from weightax.jacobian import gramian, num_tasks, value_and_jacobian
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "aggregators",
+    "gramian",
+    "num_tasks",
+    "value_and_jacobian",
+]

@@ -1,0 +1,183 @@
+"""The shared machinery of every aggregator: checks, shared masks, Σ w_k g_k.
+
+An aggregator turns per-task gradients (every leaf with a leading task axis K)
+into one update shaped like the parameters. Most methods only need the Gramian
+``G = J Jᵀ`` of the shared part of ``J`` and return task weights ``w``; the
+update is then ``Σ_k w_k g_k`` on shared leaves. :func:`gramian_aggregator`
+builds such a transform from a pure weighting function so that each method
+module only writes its mathematics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from weightax.jacobian import num_tasks as _num_tasks
+
+__all__ = [
+    "SharedMask",
+    "WeightFn",
+    "check_task_grads",
+    "check_task_losses",
+    "resolve_shared",
+    "combine",
+    "gramian_aggregator",
+    "EmptyAggregatorState",
+]
+
+SharedMask = Any | Callable[[Any], Any] | None
+
+
+class EmptyAggregatorState(NamedTuple):
+  """State of an aggregator that keeps nothing between steps."""
+
+
+class WeightFn(Protocol):
+  """``(gramian [K,K], task_losses [K] | None, state, key) -> (weights [K], state)``."""
+
+  def __call__(
+      self, gramian: jax.Array, task_losses: jax.Array | None, state: Any, key: jax.Array | None
+  ) -> tuple[jax.Array, Any]: ...
+
+
+def check_task_grads(task_grads: Any, expected: int | None = None, *, name: str = "aggregator") -> int:
+  """Returns K, the task axis of ``task_grads``; raises a clear error if it is not K."""
+  k = _num_tasks(task_grads)
+  if expected is not None and k != expected:
+    raise ValueError(
+        f"{name} was built with num_tasks={expected}, but task_grads has a leading task axis "
+        f"of size {k}."
+    )
+  return k
+
+
+def check_task_losses(
+    task_losses: Any, k: int, *, required: bool = False, name: str = "aggregator"
+) -> jax.Array | None:
+  """Validates ``task_losses`` against K; returns it as an array (or None)."""
+  if task_losses is None:
+    if required:
+      raise ValueError(
+          f"{name} needs the task losses: call update(..., task_losses=losses) with a [K={k}] "
+          "vector, as returned by weightax.value_and_jacobian."
+      )
+    return None
+  task_losses = jnp.asarray(task_losses)
+  if task_losses.shape != (k,):
+    raise ValueError(
+        f"{name}: task_losses must have shape ({k},) to match the {k} task gradients; "
+        f"got shape {task_losses.shape}."
+    )
+  return task_losses
+
+
+def resolve_shared(shared: SharedMask, tree: Any) -> Any:
+  """The boolean mask of shared leaves for ``tree`` (all True when ``shared`` is None).
+
+  Like ``optax.masked``: ``shared`` is either a pytree of bools with the
+  structure of the parameters, or a callable returning one from the
+  parameters.
+  """
+  if shared is None:
+    return jax.tree.map(lambda _: True, tree)
+  mask = shared(tree) if callable(shared) else shared
+  try:
+    jax.tree.map(lambda _x, _m: None, tree, mask)
+  except ValueError as e:
+    raise ValueError(
+        "The `shared` mask must have the structure of the parameters "
+        f"({jax.tree.structure(tree)}); got {jax.tree.structure(mask)}."
+    ) from e
+  return mask
+
+
+def combine(task_grads: Any, weights: jax.Array) -> Any:
+  """``Σ_k w_k g_k`` leafwise, accumulated in float32 and cast back to each leaf's dtype."""
+
+  def one(g: jax.Array) -> jax.Array:
+    acc = jnp.promote_types(g.dtype, jnp.float32)
+    out = jnp.tensordot(weights.astype(acc), g.astype(acc), axes=1)
+    return out.astype(g.dtype)
+
+  return jax.tree.map(one, task_grads)
+
+
+def _param_template(task_grads: Any, params: Any) -> Any:
+  if params is not None:
+    return params
+  return jax.tree.map(lambda g: g[0], task_grads)
+
+
+def split_shared(task_grads: Any, params: Any, shared: SharedMask) -> tuple[Any, Any]:
+  """Returns (mask, the shared part of task_grads with non-shared leaves set to None)."""
+  mask = resolve_shared(shared, _param_template(task_grads, params))
+  shared_grads = jax.tree.map(lambda g, m: g if m else None, task_grads, mask)
+  return mask, shared_grads
+
+
+def apply_weights(task_grads: Any, weights: jax.Array, mask: Any) -> Any:
+  """Shared leaves get ``Σ w_k g_k``; task-specific leaves the plain sum ``Σ_k g_k``."""
+  ones = jnp.ones_like(weights)
+  return jax.tree.map(
+      lambda g, m: combine(g, weights if m else ones), task_grads, mask
+  )
+
+
+def gramian_aggregator(
+    weight_fn: WeightFn,
+    init_fn: Callable[[], Any] = EmptyAggregatorState,
+    *,
+    num_tasks: int | None = None,
+    shared: SharedMask = None,
+    name: str = "aggregator",
+    needs_losses: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  """Builds an aggregator from a weighting of the Gramian of the shared gradients.
+
+  Args:
+    weight_fn: ``(gramian, task_losses, state, key) -> (weights, new_state)``.
+    init_fn: returns the initial state (shapes from constructor arguments only).
+    num_tasks: K, checked against the data when given.
+    shared: mask of shared parameters (pytree of bools or callable on params).
+    name: used in error messages.
+    needs_losses: whether ``task_losses`` is required.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose update maps per-task
+    gradients to one params-shaped update.
+  """
+  from weightax.jacobian import gramian as _gramian
+
+  def init(params: Any) -> Any:
+    del params
+    return init_fn()
+
+  def update(
+      task_grads: Any,
+      state: Any,
+      params: Any = None,
+      *,
+      task_losses: Any = None,
+      key: jax.Array | None = None,
+      **extra: Any,
+  ) -> tuple[Any, Any]:
+    del extra
+    k = check_task_grads(task_grads, num_tasks, name=name)
+    losses = check_task_losses(task_losses, k, required=needs_losses, name=name)
+    mask, shared_grads = split_shared(task_grads, params, shared)
+    if jax.tree.leaves(shared_grads):
+      g = _gramian(shared_grads)
+    else:  # nothing is shared: every leaf is task-specific
+      g = jnp.zeros((k, k), jnp.float32)
+    weights, state = weight_fn(g, losses, state, key)
+    weights = jnp.asarray(weights, jnp.float32)
+    if weights.shape != (k,):
+      raise AssertionError(f"{name}: weighting returned shape {weights.shape}, expected ({k},)")
+    return apply_weights(task_grads, weights, mask), state
+
+  return optax.GradientTransformationExtraArgs(init, update)

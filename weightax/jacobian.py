@@ -1,0 +1,129 @@
+"""Per-task losses to a Jacobian with a leading task axis, and its Gramian."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["value_and_jacobian", "gramian", "num_tasks"]
+
+
+def _check_losses(losses: Any) -> jax.Array:
+  if not isinstance(losses, jax.Array | jnp.ndarray) or jnp.ndim(losses) != 1:
+    shape = getattr(losses, "shape", type(losses).__name__)
+    raise ValueError(
+        "value_and_jacobian expects `fun` to return a vector of K task losses with shape (K,); "
+        f"got {shape}. Reduce each task's per-example losses (e.g. with .mean()) and stack them."
+    )
+  return losses
+
+
+def value_and_jacobian(
+    fun: Callable[..., Any],
+    argnums: int | Sequence[int] = 0,
+    has_aux: bool = False,
+) -> Callable[..., Any]:
+  """Creates a function returning K task losses and their per-task gradients.
+
+  For ``fun(*args) -> losses`` with ``losses`` of shape ``[K]``, the returned
+  function computes
+
+  .. math:: \\ell = f(\\theta), \\qquad J = \\partial \\ell / \\partial \\theta
+
+  with one forward pass and a vmapped vector-Jacobian product (one backward
+  pass per task, batched), instead of K separate calls to ``jax.grad``.
+  The Jacobian is returned as a pytree shaped like the differentiated
+  argument(s), where every leaf has a leading axis of size K: leaf ``[k]`` is
+  task k's gradient. This is the ``task_grads`` input of every weightax
+  aggregator.
+
+  Args:
+    fun: function whose output is a ``[K]`` vector of task losses (or, with
+      ``has_aux``, a pair ``(losses, aux)``).
+    argnums: which positional argument(s) to differentiate, as in
+      ``jax.value_and_grad``.
+    has_aux: whether ``fun`` returns ``(losses, aux)``.
+
+  Returns:
+    A function with the signature of ``fun`` returning ``(losses, jac)``, or
+    ``((losses, aux), jac)`` with ``has_aux``, following ``jax.value_and_grad``.
+    With a sequence ``argnums``, ``jac`` is a tuple with one entry per argument.
+
+  Example:
+    >>> import jax.numpy as jnp, weightax as wx
+    >>> f = lambda p: jnp.stack([jnp.sum(p ** 2), jnp.sum(3.0 * p)])
+    >>> losses, jac = wx.value_and_jacobian(f)(jnp.array([1.0, 2.0]))
+    >>> jac.tolist()
+    [[2.0, 4.0], [3.0, 3.0]]
+  """
+  single = isinstance(argnums, int)
+  argnums_t = (argnums,) if single else tuple(argnums)
+
+  def wrapped(*args: Any, **kwargs: Any) -> Any:
+    for a in argnums_t:
+      if a >= len(args):
+        raise ValueError(f"argnums={argnums} but only {len(args)} positional arguments were given.")
+    primals = tuple(args[a] for a in argnums_t)
+
+    def f_primals(*ps: Any) -> Any:
+      full = list(args)
+      for a, p in zip(argnums_t, ps, strict=True):
+        full[a] = p
+      return fun(*full, **kwargs)
+
+    if has_aux:
+      losses, vjp_fn, aux = jax.vjp(f_primals, *primals, has_aux=True)
+    else:
+      losses, vjp_fn = jax.vjp(f_primals, *primals)
+    losses = _check_losses(losses)
+    basis = jnp.eye(losses.shape[0], dtype=losses.dtype)
+    jac = jax.vmap(vjp_fn)(basis)
+    jac = jac[0] if single else jac
+    return ((losses, aux), jac) if has_aux else (losses, jac)
+
+  return wrapped
+
+
+def num_tasks(task_grads: Any) -> int:
+  """The size K of the leading task axis shared by every leaf of ``task_grads``."""
+  leaves = jax.tree.leaves(task_grads)
+  if not leaves:
+    raise ValueError("task_grads is an empty pytree; expected leaves with a leading task axis K.")
+  sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
+  if None in sizes or len(sizes) != 1:
+    shapes = [jnp.shape(x) for x in leaves]
+    raise ValueError(
+        "Every leaf of task_grads must have the same leading task axis K; "
+        f"got leaf shapes {shapes}."
+    )
+  return sizes.pop()
+
+
+def gramian(task_grads: Any, *, dtype: Any = jnp.float32) -> jax.Array:
+  """The Gramian ``G = J Jᵀ`` of the per-task gradients, shape ``[K, K]``.
+
+  ``G[i, j] = <g_i, g_j>`` summed over every leaf. Accumulated in ``dtype``
+  (float32 by default) so that bfloat16 gradients do not lose the inner
+  products to rounding.
+
+  Args:
+    task_grads: pytree whose leaves all have a leading task axis K.
+    dtype: accumulation dtype.
+
+  Returns:
+    The ``[K, K]`` symmetric positive semi-definite Gramian.
+
+  Example:
+    >>> import jax.numpy as jnp, weightax as wx
+    >>> wx.gramian({"w": jnp.array([[1.0, 0.0], [1.0, 1.0]])}).tolist()
+    [[1.0, 1.0], [1.0, 2.0]]
+  """
+  k = num_tasks(task_grads)
+  out = jnp.zeros((k, k), dtype)
+  for leaf in jax.tree.leaves(task_grads):
+    flat = jnp.reshape(leaf, (k, -1)).astype(dtype)
+    out = out + flat @ flat.T
+  return out
