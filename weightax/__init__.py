@@ -4,6 +4,7 @@ The whole public API is re-exported here.
 """
 
 from weightax import aggregators
+from weightax.aggregators import *  # noqa: F403  (every aggregator factory, e.g. wx.pcgrad)
 from weightax.jacobian import gramian, num_tasks, value_and_jacobian
 
 __version__ = "0.1.0"
@@ -13,4 +14,5 @@ __all__ = [
     "gramian",
     "num_tasks",
     "value_and_jacobian",
+    *aggregators.__all__,
 ]
