@@ -45,7 +45,9 @@ class WeightFn(Protocol):
   ) -> tuple[jax.Array, Any]: ...
 
 
-def check_task_grads(task_grads: Any, expected: int | None = None, *, name: str = "aggregator") -> int:
+def check_task_grads(
+    task_grads: Any, expected: int | None = None, *, name: str = "aggregator"
+) -> int:
   """Returns K, the task axis of ``task_grads``; raises a clear error if it is not K."""
   k = _num_tasks(task_grads)
   if expected is not None and k != expected:
@@ -136,6 +138,7 @@ def gramian_aggregator(
     shared: SharedMask = None,
     name: str = "aggregator",
     needs_losses: bool = False,
+    needs_gramian: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds an aggregator from a weighting of the Gramian of the shared gradients.
 
@@ -146,6 +149,9 @@ def gramian_aggregator(
     shared: mask of shared parameters (pytree of bools or callable on params).
     name: used in error messages.
     needs_losses: whether ``task_losses`` is required.
+    needs_gramian: set False for methods that weight from the losses alone
+      (DWA, RLW, ...): ``weight_fn`` then receives ``None`` instead of the
+      Gramian, so it is never computed, even without ``jit``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose update maps per-task
@@ -170,7 +176,9 @@ def gramian_aggregator(
     k = check_task_grads(task_grads, num_tasks, name=name)
     losses = check_task_losses(task_losses, k, required=needs_losses, name=name)
     mask, shared_grads = split_shared(task_grads, params, shared)
-    if jax.tree.leaves(shared_grads):
+    if not needs_gramian:
+      g = None
+    elif jax.tree.leaves(shared_grads):
       g = _gramian(shared_grads)
     else:  # nothing is shared: every leaf is task-specific
       g = jnp.zeros((k, k), jnp.float32)
