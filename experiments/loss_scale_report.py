@@ -1,0 +1,227 @@
+"""Analysis, plots and summary of the loss-scale study (``loss_scale.py``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from weightax.runs import write_json
+
+ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
+SPREAD_RANGE = (1e-2, 10.0)
+
+
+def steps_to_target(curve: np.ndarray, eval_every: int, target: float) -> float:
+  """First step at which ``curve`` (sampled every ``eval_every`` steps) reaches ``target``.
+
+  Between the two evaluations that bracket the crossing the loss is
+  interpolated linearly in log space, so the count is not quantised to
+  ``eval_every``. NaN when the target is never reached.
+  """
+  curve = np.asarray(curve, np.float64)
+  hit = np.flatnonzero(np.isfinite(curve) & (curve <= target))
+  if hit.size == 0:
+    return math.nan
+  i = int(hit[0])
+  if i == 0:
+    return 0.0
+  a, b = np.log(curve[i - 1]), np.log(curve[i])
+  frac = (a - math.log(target)) / (a - b) if a > b else 1.0
+  return (i - 1 + frac) * eval_every
+
+
+def loglog_slope(w: np.ndarray, steps: np.ndarray) -> float:
+  """Least-squares slope of log(steps) against log(w) over the finite, positive points."""
+  ok = np.isfinite(steps) & (steps > 0)
+  if ok.sum() < 2:
+    return math.nan
+  return float(np.polyfit(np.log(w[ok]), np.log(steps[ok]), 1)[0])
+
+
+def analyse(steps: np.ndarray, ws: np.ndarray, names: list[str], tol: float = 0.25) -> dict:
+  """Per-optimizer numbers from ``steps[opt, w, seed]``."""
+  out = {}
+  in_range = (ws >= SPREAD_RANGE[0] * (1 - 1e-6)) & (ws <= SPREAD_RANGE[1] * (1 + 1e-6))
+  for o, name in enumerate(names):
+    s = steps[o]  # [w, seed]
+    med = np.median(s, axis=1)  # NaN where any seed failed: such a w does not count as reached
+    slopes = np.array([loglog_slope(ws, s[:, k]) for k in range(s.shape[1])])
+    reached = np.isfinite(med)
+    r = med[in_range & reached]
+    spread = float(r.max() / r.min()) if r.size >= 2 and r.min() > 0 else math.nan
+    entry = {
+        "slope": float(np.nanmedian(slopes)) if np.isfinite(slopes).any() else math.nan,
+        "slope_min": float(np.nanmin(slopes)) if np.isfinite(slopes).any() else math.nan,
+        "slope_max": float(np.nanmax(slopes)) if np.isfinite(slopes).any() else math.nan,
+        "spread": spread,
+        "w_reached": ws[reached].tolist(),
+        "w_unreached_in_spread_range": ws[in_range & ~reached].tolist(),
+        "median_steps": med.tolist(),
+    }
+    if name in ADAPTIVE:
+      entry["w_invariant_down_to"] = invariant_down_to(med, ws, tol)
+    out[name] = entry
+  return out
+
+
+def invariant_down_to(med: np.ndarray, ws: np.ndarray, tol: float) -> float:
+  """Smallest w such that every w' ≥ w needs within ±tol of the steps at w ∈ [1, 10].
+
+  NaN when even the reference range is not reached or not invariant.
+  """
+  ref_mask = ws >= 1.0 - 1e-6
+  ref = np.median(med[ref_mask])
+  if not np.isfinite(ref) or ref <= 0:
+    return math.nan
+  ok = np.isfinite(med) & (np.abs(med / ref - 1.0) <= tol)
+  w_inv = math.nan
+  for i in range(len(ws) - 1, -1, -1):
+    if not ok[i]:
+      break
+    w_inv = float(ws[i])
+  return w_inv
+
+
+def _fmt(x: float, spec: str = ".3g") -> str:
+  return "—" if x is None or not np.isfinite(x) else format(x, spec)
+
+
+def answer_text(summary: dict) -> str:
+  """A short plain-language answer naming each optimizer."""
+  lines = ["Does a smaller loss weight w make descent slower? Measured answer:"]
+  for name, e in summary["optimizers"].items():
+    slope = _fmt(e["slope"], "+.2f")
+    spread = _fmt(e["spread"], ".2f")
+    if name in ADAPTIVE:
+      inv = e.get("w_invariant_down_to")
+      verdict = (f"steps change little with w down to w ≈ {_fmt(inv)}" if inv is not None
+                 and np.isfinite(inv) and inv < 1 else "NOT invariant to w in this range")
+    elif name == "sgd+l2":
+      verdict = "slower as w shrinks, and the coupled L2 term takes over (see the decay table)"
+    else:
+      verdict = "w acts as a learning-rate multiplier: smaller w, proportionally slower"
+    lines.append(f"  {name:>13}: slope {slope}, spread over w in [1e-2, 10] {spread}x — {verdict}")
+  return "\n".join(lines)
+
+
+def write_all(out: Path, res, args, ws: np.ndarray, elapsed: float) -> dict:
+  """Writes results.csv, curves.csv, summary.json, summary.md and the plots; returns the summary."""
+  names = list(args.optimizers)
+  curves = res.grid("curve")  # [opt, w, seed, n_eval]
+  norms = res.grid("param_norm")
+  steps = np.apply_along_axis(steps_to_target, -1, curves, args.eval_every, args.target)
+  analysis = analyse(steps, ws, names)
+
+  res.coords["optimizer"] = np.asarray(names)[res.coords["opt"]]
+  flat = res.flat_metrics
+  with (out / "results.csv").open("w") as f:
+    f.write("optimizer,w,seed,steps_to_target,final_train_ce,final_param_norm\n")
+    for i in range(len(res)):
+      o, wi, si = np.unravel_index(i, res.shape)
+      f.write(f"{names[o]},{ws[wi]:.6g},{res.axes['seed'][si]},{steps[o, wi, si]:.6g},"
+              f"{flat['curve'][i, -1]:.6g},{flat['param_norm'][i, -1]:.6g}\n")
+  res.curves_to_csv(out / "curves.csv", names=["curve", "param_norm"])
+
+  decay = {
+      n: {"final_train_ce": np.median(curves[o, :, :, -1], axis=1).tolist(),
+          "final_param_norm": np.median(norms[o, :, :, -1], axis=1).tolist()}
+      for o, n in enumerate(names) if n in ("sgd", "sgd+l2", "adam", "adamw")
+  }
+  summary = {
+      "question": "Does a smaller loss weight make gradient descent slower?",
+      "target_train_ce": args.target,
+      "w": ws.tolist(),
+      "steps": args.steps,
+      "seeds": args.seeds,
+      "sweep_seconds": elapsed,
+      "optimizers": analysis,
+      "decay": decay,
+      "settings": dict(vars(args)),
+  }
+  write_json(out / "summary.json", summary)
+  import loss_scale_plots
+
+  loss_scale_plots.plot_all(out, curves, steps, norms, ws, names, args)
+  (out / "summary.md").write_text(summary_markdown(summary, args))
+  return summary
+
+
+def summary_markdown(summary: dict, args) -> str:
+  """The plain-language report."""
+  opt = summary["optimizers"]
+  ws = np.asarray(summary["w"])
+  md = [
+      "# Loss scale: does a smaller loss weight make descent slower?",
+      "",
+      f"A 64-{args.hidden}-10 MLP on scikit-learn's digits, trained on `w · cross_entropy` "
+      f"for {len(ws)} values of w from {ws[0]:.0e} to {ws[-1]:g} × {len(opt)} optimizers × "
+      f"{summary['seeds']} seeds ({summary['steps']} steps, batch {args.batch_size}), "
+      f"all {len(ws) * len(opt) * summary['seeds']} runs as one compiled sweep "
+      f"({summary['sweep_seconds']:.0f} s). Every configuration with the same seed shares "
+      "its initialisation and batches, so differences come from w alone. We count the steps "
+      f"until the unweighted training cross-entropy first reaches {summary['target_train_ce']}.",
+      "",
+      "## Answer",
+      "",
+      "```",
+      answer_text(summary),
+      "```",
+      "",
+      "| optimizer | lr | slope of log steps vs log w (median [min, max] over seeds) | "
+      "spread of steps over w in [1e-2, 10] | invariant down to w | w that reach the target |",
+      "|---|---|---|---|---|---|",
+  ]
+  for name, e in opt.items():
+    lr = getattr(args, f"lr_{name.replace('+', '_')}")
+    inv = _fmt(e.get("w_invariant_down_to", math.nan)) if name in ADAPTIVE else "n/a"
+    reached = e["w_reached"]
+    rr = f"{len(reached)}/{len(ws)}" + (f" ({min(reached):.0e}…{max(reached):g})" if reached else "")
+    md.append(f"| {name} | {lr:g} | {_fmt(e['slope'], '+.2f')} [{_fmt(e['slope_min'], '+.2f')}, "
+              f"{_fmt(e['slope_max'], '+.2f')}] | {_fmt(e['spread'], '.2f')}x | {inv} | {rr} |")
+  md += [
+      "",
+      "Reading the table: a slope of -1 means halving w doubles the steps (w is a learning-rate "
+      "multiplier); a slope near 0 and a spread near 1x mean w does not matter. The spread is "
+      "the largest over the smallest median step count among the w in [1e-2, 10] that reach "
+      "the target. 'Invariant down to w' is the smallest w from which upward every w needs "
+      "within ±25% of the steps needed at w in [1, 10].",
+      "",
+      "## What happens below the invariant range",
+      "",
+      "Adam divides by `sqrt(v) + eps`: once `w·|g|` is comparable to eps (1e-8) the update "
+      "shrinks with w, and deep in that regime Adam turns into SGD with learning rate "
+      "`lr·w/eps`. Optax's RMSProp puts eps (1e-8) inside the square root, an effective eps of "
+      "1e-4 in gradient units, so it leaves the invariant regime at a far larger w. Optax's "
+      "Adagrad starts its accumulator at 0.1 (an effective eps of about 0.3 in gradient "
+      "units), so it behaves like SGD with learning rate lr/0.3 until the squared gradients "
+      "it has accumulated exceed 0.1.",
+      "",
+      "## Coupled L2 (in the loss, SGD) vs decoupled decay (AdamW)",
+      "",
+      f"`sgd+l2` minimises `w·CE + {args.l2:g}/2·|θ|²`: relative to the data term the decay "
+      f"is {args.l2:g}/w, so it dominates as w shrinks. AdamW applies `lr·{args.adamw_decay:g}·θ` "
+      "outside the adaptive step, whatever w is. Medians over seeds at the end of training:",
+      "",
+      "| w | " + " | ".join(f"{n} final CE | {n} |θ|" for n in summary["decay"]) + " |",
+      "|---|" + "---|---|" * len(summary["decay"]),
+  ]
+  for i, w in enumerate(ws):
+    cells = []
+    for d in summary["decay"].values():
+      cells += [f"{d['final_train_ce'][i]:.3f}", f"{d['final_param_norm'][i]:.2f}"]
+    md.append(f"| {w:.1e} | " + " | ".join(cells) + " |")
+  md += [
+      "",
+      "## Files",
+      "",
+      "- `results.csv`: one row per run (optimizer, w, seed, steps to target, final CE, |θ|).",
+      "- `curves.csv`: training CE and |θ| at every evaluation of every run.",
+      "- `summary.json`: the numbers above.",
+      "- `steps_vs_w.png`, `loss_curves.png`, `decay.png`: the plots.",
+      "",
+      f"Reproduce: `{args.command}` (all settings are in `summary.json`).",
+      "",
+  ]
+  return "\n".join(md)

@@ -1,0 +1,107 @@
+"""sweep: equals one-by-one runs, compiles once, chunks, exports, rejects bad grids."""
+
+import importlib
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import weightax as wx
+
+X = jax.random.normal(jax.random.key(0), (64, 5))
+Y = X @ jnp.arange(1.0, 6.0) + 0.1 * jax.random.normal(jax.random.key(1), (64,))
+TRACES = []
+# `wx.sweep` is the function; the module keeps the compile counter.
+sweep_mod = importlib.import_module("weightax.sweep")
+
+
+def train(hp, key):
+  """A small regression run: adam with a traced lr, a traced loss weight, minibatches."""
+  TRACES.append(1)
+  params = {"w": 0.1 * jax.random.normal(key, (5,))}
+  opt = optax.inject_hyperparams(optax.adam)(learning_rate=hp["lr"])
+
+  def loss_fn(p, batch, _k):
+    xb, yb = batch
+    return hp["w"] * jnp.mean((xb @ p["w"] - yb) ** 2), {}
+
+  res = wx.fit(loss_fn, params, opt, (X, Y), key=key, num_steps=20, batch_size=16,
+               eval_fn=lambda p: jnp.mean((X @ p["w"] - Y) ** 2), eval_every=5)
+  return {"curve": res.eval_metrics, "final": res.eval_metrics[-1], "w": res.params["w"]}
+
+
+GRID = {"lr": [0.01, 0.1, 0.3], "w": [0.5, 2.0]}
+
+
+def test_sweep_equals_runs_one_by_one():
+  res = wx.sweep(train, GRID, seeds=[3, 7])
+  assert res.shape == (3, 2, 2) and len(res) == 12
+  one = jax.jit(train)
+  for i in range(len(res)):
+    hp = {"lr": jnp.float32(res.coords["lr"][i]), "w": jnp.float32(res.coords["w"][i])}
+    out = one(hp, jax.random.key(int(res.coords["seed"][i])))
+    np.testing.assert_allclose(res.metrics["curve"][i], out["curve"], rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(res.metrics["w"][i], out["w"], rtol=2e-5, atol=1e-6)
+
+
+def test_one_compilation_and_no_recompile_for_new_values():
+  fresh = lambda hp, key: train(hp, key)  # a new function: nothing cached from other tests
+  TRACES.clear()
+  before = sweep_mod.compile_count()
+  wx.sweep(fresh, GRID, seeds=2)
+  assert sweep_mod.compile_count() - before == 1
+  assert len(TRACES) == 1  # the body was traced once for all 12 configurations
+  wx.sweep(fresh, {"lr": [0.02, 0.2, 0.5], "w": [1.0, 3.0]}, seeds=[5, 6])
+  assert sweep_mod.compile_count() - before == 1  # same shapes: same program
+  assert len(TRACES) == 1
+
+
+def test_chunks_match_unchunked_and_budget_forces_chunks():
+  full = wx.sweep(train, GRID, seeds=2)
+  chunked = wx.sweep(train, GRID, seeds=2, chunk_size=5, progress=False)  # 5+5+2(padded)
+  np.testing.assert_allclose(chunked.metrics["curve"], full.metrics["curve"], rtol=2e-5)
+  before = sweep_mod.compile_count()
+  tiny = wx.sweep(train, GRID, seeds=2, memory_budget=1.0, progress=False)
+  assert sweep_mod.compile_count() - before >= 1
+  np.testing.assert_allclose(tiny.metrics["final"], full.metrics["final"], rtol=2e-5)
+
+
+def test_grid_reshape_and_exports(tmp_path):
+  res = wx.sweep(train, GRID, seeds=2)
+  g = res.grid("curve")
+  assert g.shape == (3, 2, 2, 5)
+  np.testing.assert_array_equal(g[1, 0, 1], res.metrics["curve"][1 * 4 + 0 * 2 + 1])
+  csv_text = res.to_csv(tmp_path / "r.csv").read_text().splitlines()
+  assert csv_text[0] == "lr,w,seed,final" and len(csv_text) == 13
+  assert csv_text[1].startswith("0.01,0.5,0,")
+  long = res.curves_to_csv(tmp_path / "c.csv", names=["curve"]).read_text().splitlines()
+  assert long[0] == "lr,w,seed,step,curve" and len(long) == 1 + 12 * 5
+  data = res.to_json(tmp_path / "r.json")
+  assert json.loads((tmp_path / "r.json").read_text())["shape"] == [3, 2, 2]
+  assert len(data["metrics"]["curve"]) == 12
+
+
+def test_array_valued_axis():
+  res = wx.sweep(lambda hp, k: {"s": jnp.sum(hp["v"])}, {"v": [[1.0, 2.0], [3.0, 4.0]]})
+  np.testing.assert_allclose(res.metrics["s"], [3.0, 7.0])
+
+
+@pytest.mark.parametrize(
+    ("grid", "kwargs", "err", "match"),
+    [
+        ({"lr": []}, {}, ValueError, "'lr' is empty"),
+        ({"v": [[1.0, 2.0], [3.0]]}, {}, ValueError, "ragged"),
+        ({"opt": ["adam", "sgd"]}, {}, TypeError, "non-numeric value 'adam'"),
+        ({"lr": 0.1}, {}, TypeError, "sequence of numeric values"),
+        ({"seed": [1, 2]}, {}, ValueError, "reserved"),
+        ({"lr": [0.1]}, {"seeds": 0}, ValueError, "positive count"),
+        ({"lr": [0.1]}, {"chunk_size": 0}, ValueError, "chunk_size must be positive"),
+        ([("lr", [0.1])], {}, TypeError, "mapping"),
+    ],
+)
+def test_bad_grids_raise_clear_errors(grid, kwargs, err, match):
+  with pytest.raises(err, match=match):
+    wx.sweep(lambda hp, k: {"x": jnp.zeros(())}, grid, **kwargs)

@@ -1,0 +1,53 @@
+"""fit: a scan loop that equals the same steps written as a Python loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import weightax as wx
+
+
+def _setup():
+  x = jax.random.normal(jax.random.key(0), (40, 3))
+  y = x @ jnp.array([1.0, -2.0, 0.5])
+  loss_fn = lambda p, b, k: (jnp.mean((b[0] @ p - b[1]) ** 2), {"norm": jnp.sum(p**2)})
+  return x, y, loss_fn
+
+
+def test_fit_equals_python_loop():
+  x, y, loss_fn = _setup()
+  opt = optax.sgd(0.05, momentum=0.9)
+  p0 = jnp.zeros(3)
+  res = jax.jit(lambda k: wx.fit(loss_fn, p0, opt, (x, y), key=k, num_steps=12, batch_size=8,
+                                 eval_fn=lambda p: jnp.sum(p), eval_every=4))(jax.random.key(5))
+  p, s = p0, opt.init(p0)
+  evals = [jnp.sum(p)]
+  for t, k in enumerate(jax.random.split(jax.random.key(5), 12)):
+    kb, kl = jax.random.split(k)
+    batch = wx.sample_batch((x, y), kb, 8)
+    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, kl)
+    np.testing.assert_allclose(res.step_metrics["loss"][t], loss, rtol=1e-5)
+    u, s = opt.update(g, s, p)
+    p = optax.apply_updates(p, u)
+    if (t + 1) % 4 == 0:
+      evals.append(jnp.sum(p))
+  np.testing.assert_allclose(res.params, p, rtol=1e-5)
+  np.testing.assert_allclose(res.eval_metrics, jnp.stack(evals), rtol=1e-5, atol=1e-6)
+  assert res.step_metrics["norm"].shape == (12,)
+
+
+def test_full_batch_when_batch_size_covers_data():
+  x, y, _ = _setup()
+  out = wx.sample_batch((x, y), jax.random.key(0), 1000)
+  assert out[0] is x
+
+
+def test_fit_rejects_bad_schedule_and_data():
+  x, y, loss_fn = _setup()
+  with pytest.raises(ValueError, match="multiple of eval_every"):
+    wx.fit(loss_fn, jnp.zeros(3), optax.sgd(0.1), (x, y), key=jax.random.key(0), num_steps=10,
+           batch_size=4, eval_every=3)
+  with pytest.raises(ValueError, match="same number of examples"):
+    wx.sample_batch((x, y[:5]), jax.random.key(0), 4)
