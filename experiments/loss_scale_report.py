@@ -93,7 +93,9 @@ def answer_text(summary: dict) -> str:
   lines = ["Does a smaller loss weight w make descent slower? Measured answer:"]
   for name, e in summary["optimizers"].items():
     slope = _fmt(e["slope"], "+.2f")
-    spread = _fmt(e["spread"], ".2f")
+    spread = _fmt(e["spread"], ".2f") + "x"
+    if e["w_unreached_in_spread_range"]:
+      spread = f"> {spread} ({len(e['w_unreached_in_spread_range'])} w never reach the target)"
     if name in ADAPTIVE:
       inv = e.get("w_invariant_down_to")
       verdict = (f"steps change little with w down to w ≈ {_fmt(inv)}" if inv is not None
@@ -102,7 +104,7 @@ def answer_text(summary: dict) -> str:
       verdict = "slower as w shrinks, and the coupled L2 term takes over (see the decay table)"
     else:
       verdict = "w acts as a learning-rate multiplier: smaller w, proportionally slower"
-    lines.append(f"  {name:>13}: slope {slope}, spread over w in [1e-2, 10] {spread}x — {verdict}")
+    lines.append(f"  {name:>13}: slope {slope}, spread over w in [1e-2, 10] {spread}: {verdict}")
   return "\n".join(lines)
 
 
