@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
-  p.add_argument("--out", default=None, help="output directory (default: runs/loss_scale/<UTC time>)")
+  p.add_argument("--out", default=None,
+                 help="output directory (default: runs/loss_scale/<UTC time>)")
   p.add_argument("--w-min", type=float, default=1e-6, help="smallest loss weight w")
   p.add_argument("--w-max", type=float, default=10.0, help="largest loss weight w")
   p.add_argument("--num-w", type=int, default=15, help="number of w values (log-spaced)")

@@ -179,7 +179,9 @@ def summary_markdown(summary: dict, args) -> str:
     lr = getattr(args, f"lr_{name.replace('+', '_')}")
     inv = _fmt(e.get("w_invariant_down_to", math.nan)) if name in ADAPTIVE else "n/a"
     reached = e["w_reached"]
-    rr = f"{len(reached)}/{len(ws)}" + (f" ({min(reached):.0e}…{max(reached):g})" if reached else "")
+    rr = f"{len(reached)}/{len(ws)}"
+    if reached:
+      rr += f" ({min(reached):.0e}…{max(reached):g})"
     md.append(f"| {name} | {lr:g} | {_fmt(e['slope'], '+.2f')} [{_fmt(e['slope_min'], '+.2f')}, "
               f"{_fmt(e['slope_max'], '+.2f')}] | {_fmt(e['spread'], '.2f')}x | {inv} | {rr} |")
   md += [

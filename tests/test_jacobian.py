@@ -71,7 +71,7 @@ def test_gramian_matches_numpy():
   p = _params(jax.random.key(3))
   x = jax.random.normal(jax.random.key(4), (5, 4))
   _, jac = wx.value_and_jacobian(_task_losses)(p, x)
-  flat = np.concatenate([np.asarray(l).reshape(3, -1) for l in jax.tree.leaves(jac)], axis=1)
+  flat = np.concatenate([np.asarray(leaf).reshape(3, -1) for leaf in jax.tree.leaves(jac)], axis=1)
   np.testing.assert_allclose(wx.gramian(jac), flat @ flat.T, rtol=1e-5, atol=1e-6)
 
 
