@@ -1,0 +1,161 @@
+"""Label-dependent logit shifts for long-tailed classification: LDAM and logit adjustment."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from weightax.losses import _utils
+
+__all__ = ["ldam_margins", "ldam_loss", "logit_adjusted_cross_entropy"]
+
+
+def ldam_margins(class_counts: ArrayLike, *, max_margin: ArrayLike = 0.5) -> jax.Array:
+  r"""LDAM per-class margins, :math:`\Delta_j \propto n_j^{-1/4}`, the largest ``max_margin``.
+
+  .. math:: \Delta_j = \Delta_{\max} \left(\frac{\min_k n_k}{n_j}\right)^{1/4}.
+
+  Counts below 1 (absent classes) are treated as 1, i.e. they get the largest margin.
+
+  Args:
+    class_counts: training samples per class ``[C]``.
+    max_margin: the margin of the rarest class; may be traced.
+
+  Returns:
+    Margins ``[C]`` (float32, or the floating dtype of ``class_counts``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from weightax.losses import ldam_margins
+    >>> ldam_margins(jnp.array([16, 1]), max_margin=0.5).tolist()
+    [0.25, 0.5]
+
+  References:
+    Cao et al., `Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss
+    <https://arxiv.org/abs/1906.07413>`_, NeurIPS 2019.
+  """
+  n = jnp.maximum(_utils.check_counts(class_counts, "ldam_margins"), 1.0)
+  return jnp.asarray(max_margin, n.dtype) * (jnp.min(n) / n) ** 0.25
+
+
+def ldam_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    class_counts: ArrayLike,
+    max_margin: ArrayLike = 0.5,
+    scale: ArrayLike = 30.0,
+    class_weights: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Label-distribution-aware margin (LDAM) loss, per example.
+
+  .. math::
+    \ell(z, y) = w_y \, \mathrm{CE}\big(s \, (z - \Delta_y e_y),\ y\big), \qquad
+    \Delta_j \propto n_j^{-1/4},\ \max_j \Delta_j = \Delta_{\max},
+
+  i.e. the true class's logit is lowered by its margin before scaling by s; rare classes
+  get larger margins. ``logits`` are expected to be cosine similarities (normalised
+  features and weights), as in the paper, hence the scale s = 30.
+
+  Deferred re-weighting (DRW) passes ``class_weights=class_balanced_weights(counts,
+  beta=0.9999)`` in the last stage of training. The per-example loss is ``w_y · CE``; the
+  reference code's mean divides by :math:`\sum_i w_{y_i}` instead of the batch size.
+
+  Args:
+    logits: floating array ``[..., C]``.
+    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``.
+    class_counts: training samples per class ``[C]``.
+    max_margin: largest margin :math:`\Delta_{\max}` (0.5 in the paper); may be traced.
+    scale: logit scale s (30 in the paper); may be traced.
+    class_weights: optional per-class weights ``[C]`` (DRW).
+    where: optional boolean mask with the shape of ``labels``; masked examples give 0.
+
+  Returns:
+    The per-example loss with shape ``logits.shape[:-1]`` and the dtype of ``logits``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from weightax.losses import ldam_loss
+    >>> loss = ldam_loss(jnp.zeros((1, 2)), jnp.array([1]), class_counts=jnp.array([16, 1]),
+    ...                  max_margin=0.5, scale=1.0)   # log(1 + e^0.5)
+    >>> round(float(loss[0]), 4)
+    0.9741
+
+  References:
+    Cao et al., `Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss
+    <https://arxiv.org/abs/1906.07413>`_, NeurIPS 2019.
+  """
+  fn = "ldam_loss"
+  logits = _utils.check_logits(logits, fn, min_ndim=1)
+  labels = _utils.check_integer_labels(labels, logits, fn)
+  mask = _utils.check_mask(where, labels.shape, fn)
+  num_classes = logits.shape[-1]
+  dtype = logits.dtype
+  counts = _utils.check_class_vector(class_counts, num_classes, "class_counts", fn, jnp.float32)
+  margins = ldam_margins(counts, max_margin=max_margin).astype(dtype)
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=dtype)
+  shifted = jnp.asarray(scale).astype(dtype) * (logits - margins[labels][..., None] * onehot)
+  loss = -_utils.class_logprobs(shifted, labels)[0]
+  if class_weights is not None:
+    cw = _utils.check_class_vector(class_weights, num_classes, "class_weights", fn, dtype)
+    loss = cw[labels] * loss
+  return _utils.apply_mask(loss.astype(dtype), mask)
+
+
+def logit_adjusted_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    class_priors: ArrayLike,
+    tau: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Logit-adjusted softmax cross-entropy (Menon et al., 2021), per example.
+
+  .. math:: \ell(z, y) = \mathrm{CE}(z + \tau \log \pi,\ y)
+            = -\log \frac{e^{z_y + \tau \log \pi_y}}{\sum_j e^{z_j + \tau \log \pi_j}}.
+
+  ``tau = 1`` is the balanced softmax (Ren et al., 2020); ``tau = 0`` is plain
+  cross-entropy. Because the softmax is shift-invariant, ``class_priors`` need not be
+  normalised: raw class counts give the same loss. Priors are clamped below at the
+  smallest positive normal number of their dtype so that an absent class stays finite. At
+  test time, predict with the raw logits ``z``.
+
+  Args:
+    logits: floating array ``[..., C]``.
+    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``.
+    class_priors: class frequencies (or counts) ``[C]``, positive.
+    tau: adjustment strength; may be traced.
+    where: optional boolean mask with the shape of ``labels``; masked examples give 0.
+
+  Returns:
+    The per-example loss with shape ``logits.shape[:-1]`` and the dtype of ``logits``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from weightax.losses import logit_adjusted_cross_entropy
+    >>> loss = logit_adjusted_cross_entropy(
+    ...     jnp.zeros((1, 2)), jnp.array([1]), class_priors=jnp.array([0.75, 0.25]))
+    >>> round(float(loss[0]), 4)   # -log 0.25
+    1.3863
+
+  References:
+    Menon et al., `Long-tail learning via logit adjustment
+    <https://arxiv.org/abs/2007.07314>`_, ICLR 2021; Ren et al., `Balanced Meta-Softmax
+    <https://arxiv.org/abs/2007.10740>`_, NeurIPS 2020.
+  """
+  fn = "logit_adjusted_cross_entropy"
+  logits = _utils.check_logits(logits, fn, min_ndim=1)
+  labels = _utils.check_integer_labels(labels, logits, fn)
+  mask = _utils.check_mask(where, labels.shape, fn)
+  num_classes = logits.shape[-1]
+  dtype = logits.dtype
+  priors = _utils.check_class_vector(class_priors, num_classes, "class_priors", fn, jnp.float32)
+  log_prior = jnp.log(jnp.maximum(priors, jnp.finfo(jnp.float32).tiny))
+  shift = (jnp.asarray(tau, jnp.float32) * log_prior).astype(dtype)
+  # Explicit leading axes so the code also runs under jax_numpy_rank_promotion='raise'.
+  adjusted = logits + jnp.expand_dims(shift, tuple(range(logits.ndim - 1)))
+  loss = -_utils.class_logprobs(adjusted, labels)[0]
+  return _utils.apply_mask(loss.astype(dtype), mask)
