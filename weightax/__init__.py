@@ -3,7 +3,7 @@
 The whole public API is re-exported here.
 """
 
-from weightax import aggregators
+from weightax import aggregators, datasets, losses
 from weightax.aggregators import *  # noqa: F403  (every aggregator factory, e.g. wx.pcgrad)
 from weightax.jacobian import gramian, num_tasks, value_and_jacobian
 from weightax.sweep import SweepResult, sweep
@@ -15,6 +15,8 @@ __all__ = [
     "FitResult",
     "SweepResult",
     "aggregators",
+    "datasets",
+    "losses",
     "fit",
     "sample_batch",
     "sweep",
