@@ -14,6 +14,26 @@ from weightax.aggregators._base import (
     resolve_shared,
     split_shared,
 )
+from weightax.aggregators.cagrad import CAGradState, cagrad
+from weightax.aggregators.dwa import DWAState, dwa
+from weightax.aggregators.gradnorm import GradNormState, gradnorm
+from weightax.aggregators.imtl_g import IMTLGState, imtl_g
+from weightax.aggregators.linear_scalarization import (
+    LinearScalarizationState,
+    linear_scalarization,
+)
+from weightax.aggregators.mgda import MGDAState, mgda
+from weightax.aggregators.nash_mtl import NashMTLState, nash_mtl
+from weightax.aggregators.pcgrad import PCGradState, pcgrad
+from weightax.aggregators.random_loss_weighting import (
+    RandomLossWeightingState,
+    random_loss_weighting,
+)
+from weightax.aggregators.uncertainty_weighting import (
+    UncertaintyWeightingState,
+    uncertainty_weighting,
+)
+from weightax.aggregators.upgrad import UPGradState, upgrad
 
 __all__ = [
     "EmptyAggregatorState",
@@ -24,4 +44,26 @@ __all__ = [
     "gramian_aggregator",
     "resolve_shared",
     "split_shared",
+    "DWAState",
+    "GradNormState",
+    "LinearScalarizationState",
+    "RandomLossWeightingState",
+    "UncertaintyWeightingState",
+    "dwa",
+    "gradnorm",
+    "linear_scalarization",
+    "random_loss_weighting",
+    "uncertainty_weighting",
+    "CAGradState",
+    "IMTLGState",
+    "MGDAState",
+    "NashMTLState",
+    "PCGradState",
+    "UPGradState",
+    "cagrad",
+    "imtl_g",
+    "mgda",
+    "nash_mtl",
+    "pcgrad",
+    "upgrad",
 ]

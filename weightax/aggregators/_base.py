@@ -130,6 +130,17 @@ def apply_weights(task_grads: Any, weights: jax.Array, mask: Any) -> Any:
   )
 
 
+def _pow2_scale(tree: Any) -> jax.Array:
+  """The power of two at or above max |x| over ``tree`` (1 if that is 0 or not finite).
+
+  Dividing by a power of two is exact, so the rescaled Gramian loses nothing to it.
+  """
+  m = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree.leaves(tree)]))
+  _, e = jnp.frexp(m)
+  ok = jnp.isfinite(m) & (m > 0)
+  return jnp.where(ok, jnp.ldexp(jnp.ones((), jnp.float32), e), jnp.ones((), jnp.float32))
+
+
 def gramian_aggregator(
     weight_fn: WeightFn,
     init_fn: Callable[[], Any] = EmptyAggregatorState,
@@ -139,6 +150,7 @@ def gramian_aggregator(
     name: str = "aggregator",
     needs_losses: bool = False,
     needs_gramian: bool = True,
+    normalize_gramian: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds an aggregator from a weighting of the Gramian of the shared gradients.
 
@@ -152,6 +164,13 @@ def gramian_aggregator(
     needs_gramian: set False for methods that weight from the losses alone
       (DWA, RLW, ...): ``weight_fn`` then receives ``None`` instead of the
       Gramian, so it is never computed, even without ``jit``.
+    normalize_gramian: compute the Gramian of the shared gradients divided by
+      ``s``, the power of two at or above their largest magnitude, so that
+      gradients as small as 1e-30 or as large as 1e30 neither underflow nor
+      overflow in ``G`` (whose entries are squares). ``weight_fn`` then gets
+      ``G / s²`` and the keyword ``scale=s``; its weights still multiply the
+      original gradients. A weighting invariant to rescaling ``G`` ignores
+      ``scale``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose update maps per-task
@@ -176,13 +195,20 @@ def gramian_aggregator(
     k = check_task_grads(task_grads, num_tasks, name=name)
     losses = check_task_losses(task_losses, k, required=needs_losses, name=name)
     mask, shared_grads = split_shared(task_grads, params, shared)
+    scale = jnp.ones((), jnp.float32)
     if not needs_gramian:
       g = None
     elif jax.tree.leaves(shared_grads):
+      if normalize_gramian:
+        scale = _pow2_scale(shared_grads)
+        shared_grads = jax.tree.map(lambda x: x.astype(jnp.float32) / scale, shared_grads)
       g = _gramian(shared_grads)
     else:  # nothing is shared: every leaf is task-specific
       g = jnp.zeros((k, k), jnp.float32)
-    weights, state = weight_fn(g, losses, state, key)
+    if normalize_gramian:
+      weights, state = weight_fn(g, losses, state, key, scale=scale)
+    else:
+      weights, state = weight_fn(g, losses, state, key)
     weights = jnp.asarray(weights, jnp.float32)
     if weights.shape != (k,):
       raise AssertionError(f"{name}: weighting returned shape {weights.shape}, expected ({k},)")

@@ -1,0 +1,308 @@
+"""One conformance suite for every aggregator, as Optax runs one over every optimizer.
+
+Each factory is looked up by name in ``weightax.aggregators``; a missing one fails
+the suite (a new method is added to ``ALL`` and gets every check for free).
+"""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import weightax as wx
+
+K = 3
+T = 4  # steps per sequence: DWA's weights leave 1 at the third step
+ALL = [
+    "linear_scalarization",
+    "random_loss_weighting",
+    "dwa",
+    "uncertainty_weighting",
+    "gradnorm",
+    "mgda",
+    "pcgrad",
+    "cagrad",
+    "imtl_g",
+    "upgrad",
+    "nash_mtl",
+]
+# Hyperparameters to inject where the first non-zero float default is not the right pick.
+INJECT = {
+    "linear_scalarization": ("weights", [1.0, 0.5, 0.25], [0.2, 1.0, 3.0]),
+}
+# The first K = 1 update is FACTOR · g for these methods (as their docstrings say); every
+# update of every method must be a positive multiple of g.
+K1_FACTOR = {
+    "linear_scalarization": 1.0,
+    "random_loss_weighting": 1.0,
+    "dwa": 1.0,
+    "uncertainty_weighting": 0.5,
+    "gradnorm": 1.0,
+    "mgda": 1.0,
+    "pcgrad": 1.0,
+    "imtl_g": 1.0,
+    "upgrad": 1.0,
+}
+
+
+METHODS = [pytest.param(n, id=n) for n in ALL]
+
+
+def test_every_method_is_exported():
+  assert [n for n in ALL if not hasattr(wx.aggregators, n) or not hasattr(wx, n)] == []
+
+
+def _factory(name):
+  return getattr(wx.aggregators, name)
+
+
+def _kwargs(name, k):
+  """num_tasks for the factories that take it (stateful ones require it)."""
+  sig = inspect.signature(_factory(name))
+  return {"num_tasks": k} if "num_tasks" in sig.parameters else {}
+
+
+def _make(name, k=K, **overrides):
+  return _factory(name)(**{**_kwargs(name, k), **overrides})
+
+
+def _params(dtype=jnp.float32):
+  return {"trunk": {"w": jnp.zeros((4, 3), dtype), "b": jnp.zeros((3,), dtype)},
+          "head": jnp.zeros((2,), dtype)}
+
+
+SHARED = {"trunk": {"w": True, "b": True}, "head": False}
+
+
+def _grads(key, k=K, steps=None, dtype=jnp.float32, scale=1.0):
+  """Task gradients shaped like _params with a leading K axis (and a leading steps axis)."""
+  lead = (k,) if steps is None else (steps, k)
+  leaves, treedef = jax.tree.flatten(_params())
+  keys = jax.random.split(key, len(leaves))
+  out = [(scale * jax.random.normal(kk, lead + x.shape)).astype(dtype)
+         for kk, x in zip(keys, leaves, strict=True)]
+  return jax.tree.unflatten(treedef, out)
+
+
+def _losses(k=K, steps=T):
+  """Positive losses falling at task-dependent rates, so DWA and GradNorm see real ratios."""
+  t = jnp.arange(steps, dtype=jnp.float32)[:, None]
+  rate = 0.6 + 0.3 * jnp.arange(k, dtype=jnp.float32) / max(k - 1, 1)
+  return jnp.linspace(1.0, 2.0, k)[None, :] * rate ** t
+
+
+def _at(tree, t):
+  return jax.tree.map(lambda x: x[t], tree)
+
+
+def _run(tx, params, grads, losses, keys, state=None):
+  """T eager-or-jitted-by-caller updates; returns (stacked updates, final state)."""
+  state = tx.init(params) if state is None else state
+  outs = []
+  for t in range(losses.shape[0]):
+    u, state = tx.update(_at(grads, t), state, params, task_losses=losses[t], key=keys[t])
+    outs.append(u)
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs), state
+
+
+def _as_numeric(x):
+  x = jnp.asarray(x)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(x)
+  return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def _close(a, b, rtol=1e-4, atol=1e-5):
+  jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(_as_numeric(x), _as_numeric(y), rtol=rtol,
+                                              atol=atol),
+      a, b)
+
+
+def _finite(tree):
+  return all(bool(jnp.all(jnp.isfinite(x.astype(jnp.float32)))) for x in jax.tree.leaves(tree))
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+
+
+def _setup(seed=0, steps=T):
+  key = jax.random.key(seed)
+  return _params(), _grads(key, steps=steps), _losses(steps=steps), jax.random.split(key, steps)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_jit_matches_eager(name):
+  tx = _make(name)
+  params, grads, losses, keys = _setup()
+  eager = _run(tx, params, grads, losses, keys)
+  update = jax.jit(lambda g, s, p, ls, k: tx.update(g, s, p, task_losses=ls, key=k))
+  state, outs = tx.init(params), []
+  for t in range(T):
+    u, state = update(_at(grads, t), state, params, losses[t], keys[t])
+    outs.append(u)
+  _close(eager[0], jax.tree.map(lambda *xs: jnp.stack(xs), *outs))
+  _close(eager[1], state)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_vmap_over_problems(name):
+  tx, b = _make(name), 3
+  params = jax.tree.map(lambda x: jnp.stack([x] * b), _params())
+  grads = _grads(jax.random.key(1), steps=b)  # the leading axis indexes problems here
+  losses = _losses(steps=b)
+  keys = jax.random.split(jax.random.key(2), b)
+  update = jax.vmap(lambda g, s, p, ls, k: tx.update(g, s, p, task_losses=ls, key=k))
+  states = jax.vmap(tx.init)(params)
+  for _ in range(2):  # twice, so that the state produced under vmap is consumed again
+    batched, states = jax.jit(update)(grads, states, params, losses, keys)
+  for i in range(b):
+    one = _run(tx, _at(params, i), jax.tree.map(lambda g, i=i: jnp.stack([g[i]] * 2), grads),
+               jnp.stack([losses[i]] * 2), jnp.stack([keys[i]] * 2))
+    _close(_at(batched, i), _at(one[0], 1))
+    _close(_at(states, i), one[1])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_inside_scan(name):
+  tx = _make(name)
+  params, grads, losses, keys = _setup(seed=3)
+
+  def body(state, xs):
+    g, ls, k = xs
+    u, state = tx.update(g, state, params, task_losses=ls, key=k)
+    return state, u
+
+  state, scanned = jax.jit(lambda s: jax.lax.scan(body, s, (grads, losses, keys)))(
+      tx.init(params))
+  outs, ref_state = _run(tx, params, grads, losses, keys)
+  _close(scanned, outs)
+  _close(state, ref_state)
+
+
+def _numeric_hyperparam(name):
+  if name in INJECT:
+    hp, old, new = INJECT[name]
+    return hp, jnp.asarray(old), jnp.asarray(new)
+  for p in inspect.signature(_factory(name)).parameters.values():
+    d = p.default
+    if p.name != "num_tasks" and isinstance(d, float) and not isinstance(d, bool) and d != 0:
+      return p.name, d, 0.5 * d
+  return None
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_inject_hyperparams_without_recompiling(name):
+  hp = _numeric_hyperparam(name)
+  extra = {} if hp is None else {hp[0]: hp[1]}
+  tx = optax.inject_hyperparams(_factory(name), static_args=("num_tasks",))(
+      **_kwargs(name, K), **extra)
+  params, grads, losses, keys = _setup(seed=4)
+  traces = []
+
+  def run(state):
+    traces.append(1)
+    return _run(tx, params, grads, losses, keys, state=state)
+
+  run = jax.jit(run)
+  out_old, _ = run(tx.init(params))
+  _close(out_old, _run(_make(name, **extra), params, grads, losses, keys)[0])
+  if hp is None:  # nothing numeric to change (e.g. RLW)
+    return
+  state = tx.init(params)
+  hps = dict(state.hyperparams)
+  hps[hp[0]] = jnp.asarray(hp[2], hps[hp[0]].dtype)
+  out_new, _ = run(state._replace(hyperparams=hps))
+  assert len(traces) == 1, f"changing {hp[0]} recompiled"
+  _close(out_new, _run(_make(name, **{hp[0]: hp[2]}), params, grads, losses, keys)[0])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_output_has_no_task_axis(name):
+  params, grads, losses, keys = _setup(seed=5, steps=1)
+  tx = _make(name)
+  u, _ = tx.update(_at(grads, 0), tx.init(params), params, task_losses=losses[0], key=keys[0])
+  assert _shapes(u) == _shapes(params)
+  chained = optax.chain(_make(name), optax.sgd(1.0))
+  v, _ = chained.update(_at(grads, 0), chained.init(params), params, task_losses=losses[0],
+                        key=keys[0])
+  assert _shapes(v) == _shapes(params)
+  _close(v, jax.tree.map(jnp.negative, u))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", METHODS)
+def test_dtype_preserved(name, dtype):
+  tx = _make(name)
+  params = _params(dtype)
+  grads = _grads(jax.random.key(6), steps=T, dtype=dtype)
+  keys = jax.random.split(jax.random.key(7), T)
+  outs, _ = _run(tx, params, grads, _losses(), keys)
+  assert _shapes(_at(outs, 0)) == _shapes(params)
+  assert _finite(outs)
+
+
+def _degenerate(case):
+  g = _grads(jax.random.key(8), k=1)
+  if case == "zero":
+    return jax.tree.map(lambda x: jnp.zeros((K,) + x.shape[1:]), g), K
+  if case == "identical":
+    return jax.tree.map(lambda x: jnp.concatenate([x] * K), g), K
+  if case == "opposite":
+    return jax.tree.map(lambda x: jnp.concatenate([x, -x]), g), 2
+  scale = {"tiny": 1e-30, "huge": 1e30}[case]
+  return _grads(jax.random.key(9), scale=scale), K
+
+
+@pytest.mark.parametrize("case", ["zero", "identical", "opposite", "tiny", "huge"])
+@pytest.mark.parametrize("name", METHODS)
+def test_degenerate_gradients_give_finite_updates(name, case):
+  grads, k = _degenerate(case)
+  tx = _make(name, k=k)
+  params = _params()
+  keys = jax.random.split(jax.random.key(10), T)
+  seq = jax.tree.map(lambda x: jnp.stack([x] * T), grads)
+  outs, _ = _run(tx, params, seq, _losses(k=k), keys)
+  assert _finite(outs), f"{name} gave a non-finite update for {case} gradients"
+  assert _shapes(_at(outs, 0)) == _shapes(params)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_task_losses_with_wrong_k_raise(name):
+  params, grads, _, keys = _setup(seed=11, steps=1)
+  tx = _make(name)
+  with pytest.raises(ValueError) as err:
+    tx.update(_at(grads, 0), tx.init(params), params, task_losses=jnp.ones(K - 1), key=keys[0])
+  msg = str(err.value)
+  assert str(K) in msg and str(K - 1) in msg, f"the message should name {K} and {K - 1}: {msg}"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_single_task_update_is_scaled_gradient(name):
+  tx = _make(name, k=1)
+  params = _params()
+  grads = _grads(jax.random.key(12), k=1, steps=T)
+  keys = jax.random.split(jax.random.key(13), T)
+  outs, _ = _run(tx, params, grads, _losses(k=1), keys)
+  u = jnp.concatenate([x.reshape(T, -1) for x in jax.tree.leaves(outs)], axis=1)
+  g = jnp.concatenate([x.reshape(T, -1) for x in jax.tree.leaves(grads)], axis=1)
+  factor = jnp.sum(u * g, axis=1) / jnp.sum(g * g, axis=1)
+  np.testing.assert_allclose(u, factor[:, None] * g, rtol=1e-4, atol=1e-6)
+  assert bool(jnp.all(factor > 0))
+  if name in K1_FACTOR:  # at the first step: learned weights (uncertainty) move afterwards
+    np.testing.assert_allclose(factor[0], K1_FACTOR[name], rtol=1e-4)
+
+
+@pytest.mark.parametrize("callable_mask", [False, True], ids=["pytree", "callable"])
+@pytest.mark.parametrize("name", METHODS)
+def test_task_specific_leaves_get_the_sum(name, callable_mask):
+  shared = (lambda p: SHARED) if callable_mask else SHARED
+  tx = _make(name, shared=shared)
+  params, grads, losses, keys = _setup(seed=14)
+  outs, _ = _run(tx, params, grads, losses, keys)
+  _close(outs["head"], grads["head"].sum(axis=1), rtol=1e-5, atol=1e-6)
+  assert _finite(outs["trunk"])

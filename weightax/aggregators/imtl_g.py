@@ -1,0 +1,68 @@
+"""IMTL-G aggregator: the update with equal projections on every unit task gradient."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import optax
+
+from weightax import weightings
+from weightax.aggregators._base import SharedMask, gramian_aggregator
+
+__all__ = ["imtl_g", "IMTLGState"]
+
+_NAME = "imtl_g"
+
+
+class IMTLGState(NamedTuple):
+  """IMTL-G keeps nothing between steps."""
+
+
+def imtl_g(
+    *, num_tasks: int | None = None, shared: SharedMask = None
+) -> optax.GradientTransformationExtraArgs:
+  """Impartial MTL (gradient part): every task sees the same projected step.
+
+  .. math:: w \\propto G^{+} \\sqrt{\\operatorname{diag}(G)}, \\quad \\sum_k w_k = 1,
+     \\qquad u = \\sum_k w_k g_k
+
+  so that ``<u, g_k/‖g_k‖>`` is the same for every task (the paper's
+  condition, for linearly independent gradients). The weights sum to 1 as in
+  the paper, LibMTL and the Nash-MTL code; the pseudo-inverse extends the
+  method to dependent gradients as in torchjd, and a vanishing ``Σ_k`` of the
+  unnormalised weights gives zero weights (torchjd). IMTL-L, the loss-scale
+  half of the paper's IMTL, is not included. Computed on the Gramian of the
+  shared leaves; with a ``shared`` mask, task-specific leaves receive
+  ``Σ_k g_k``.
+
+  Args:
+    num_tasks: K, checked against the data when given.
+    shared: mask of shared parameters (pytree of bools or callable on params).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; put it first in a chain.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, weightax as wx
+    >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 2.0]])}
+    >>> u, _ = wx.imtl_g().update(grads, wx.imtl_g().init(None))
+    >>> [round(x, 4) for x in u["w"].tolist()]  # equal projections on e1, e2
+    [0.6667, 0.6667]
+    >>> tx = optax.chain(wx.imtl_g(), optax.adam(1e-3))
+    >>> params = {"w": jnp.zeros(2)}
+    >>> updates, state = tx.update(grads, tx.init(params), params)
+
+  References:
+    Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021.
+  """
+
+  def weight_fn(
+      gramian: jax.Array, task_losses: Any, state: IMTLGState, key: Any, *, scale: jax.Array
+  ) -> tuple[jax.Array, IMTLGState]:
+    del task_losses, key, scale  # the weights do not depend on the scale of G
+    return weightings.imtl_g(gramian), state
+
+  return gramian_aggregator(
+      weight_fn, IMTLGState, num_tasks=num_tasks, shared=shared, name=_NAME, normalize_gramian=True
+  )

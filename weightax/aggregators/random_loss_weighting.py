@@ -1,0 +1,94 @@
+"""Random loss weighting (RLW): fresh random simplex weights at every step."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from weightax.aggregators._base import (
+    SharedMask,
+    apply_weights,
+    check_task_grads,
+    check_task_losses,
+    split_shared,
+)
+
+__all__ = ["random_loss_weighting", "RandomLossWeightingState"]
+
+_NAME = "random_loss_weighting"
+
+
+class RandomLossWeightingState(NamedTuple):
+  """RLW keeps nothing between steps: the randomness comes from ``key``."""
+
+
+def random_loss_weighting(
+    *,
+    num_tasks: int | None = None,
+    shared: SharedMask = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Weights the task gradients with a fresh random point of the simplex.
+
+  .. math::
+     z \\sim \\mathcal N(0, I_K), \\qquad w = \\operatorname{softmax}(z),
+     \\qquad u = \\sum_k w_k g_k .
+
+  The weights sum to 1 (as in the paper, LibMTL and Nash-MTL's code), so the
+  update is on the scale of the *mean* task gradient, a factor K below
+  :func:`linear_scalarization`'s default sum. The draw comes from the ``key``
+  passed to ``update``; pass a new key at every step (e.g. split inside a
+  ``lax.scan``) — the same key gives the same weights. With K = 1, ``w = 1``.
+
+  With a ``shared`` mask, task-specific leaves receive ``Σ_k g_k`` (the
+  aggregator contract); ``shared=None`` is ``jax.grad`` of ``Σ_k w_k L_k``.
+
+  Args:
+    num_tasks: K, checked against the data when given.
+    shared: mask of shared parameters (pytree of bools or callable on params).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
+    ``key=`` (a ``jax.random`` key) and raises ``ValueError`` without it.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, weightax as wx
+    >>> tx = wx.random_loss_weighting()
+    >>> grads = {"w": jnp.eye(3)}  # row k is task k's gradient
+    >>> u, _ = tx.update(grads, tx.init(None), key=jax.random.key(0))
+    >>> bool(jnp.isclose(u["w"].sum(), 1.0)) and bool((u["w"] > 0).all())
+    True
+
+  References:
+    Lin, Ye, Xu, Shi, Zhang, Kwok, "Reasonable Effectiveness of Random
+    Weighting: A Litmus Test for Multi-Task Learning", TMLR 2022.
+  """
+
+  def init(params: Any) -> RandomLossWeightingState:
+    del params
+    return RandomLossWeightingState()
+
+  def update(
+      task_grads: Any,
+      state: RandomLossWeightingState,
+      params: Any = None,
+      *,
+      task_losses: Any = None,
+      key: jax.Array | None = None,
+      **extra: Any,
+  ) -> tuple[Any, RandomLossWeightingState]:
+    del extra
+    k = check_task_grads(task_grads, num_tasks, name=_NAME)
+    check_task_losses(task_losses, k, name=_NAME)
+    if key is None:
+      raise ValueError(
+          f"{_NAME} draws new weights at every step and needs a random key: call "
+          "update(..., key=jax.random.key(step_seed)) with a fresh key each step; got key=None."
+      )
+    w = jax.nn.softmax(jax.random.normal(key, (k,), jnp.float32))
+    mask, _ = split_shared(task_grads, params, shared)
+    return apply_weights(task_grads, w, mask), state
+
+  return optax.GradientTransformationExtraArgs(init, update)

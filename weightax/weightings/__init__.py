@@ -1,0 +1,28 @@
+"""Pure weightings: a Gramian ``G = J Jᵀ`` ``[K, K]`` in, task weights ``[K]`` out.
+
+The update of each method is ``Σ_k w_k g_k = Jᵀw``. Every function is pure JAX
+with fixed iteration budgets (no SciPy, cvxpy or host callbacks), so it runs
+under ``jit``, ``vmap``, ``lax.scan`` and ``shard_map``; hyperparameters are
+keyword-only and may be traced arrays. The aggregators in
+:mod:`weightax.aggregators` wrap these for Optax.
+
+============  ==============================================  =========================
+weighting     update                                          ``<Jᵀw, g_k> >= 0`` ∀k
+============  ==============================================  =========================
+``mgda``      min-norm point of the convex hull               yes
+``pcgrad``    sum of gradients projected off conflicts        K = 2 only
+``cagrad``    best worst-case gain in a ball around the mean  no
+``imtl_g``    equal projection on every unit task gradient    no
+``upgrad``    sum of projections onto the dual cone           yes
+``nash_mtl``  Nash bargaining solution ``Gα = 1/α``, clipped  yes (``= 1/α_k``)
+============  ==============================================  =========================
+"""
+
+from weightax.weightings.cagrad import cagrad
+from weightax.weightings.imtl_g import imtl_g
+from weightax.weightings.mgda import mgda
+from weightax.weightings.nash_mtl import nash_mtl
+from weightax.weightings.pcgrad import pcgrad, pcgrad_order
+from weightax.weightings.upgrad import upgrad
+
+__all__ = ["cagrad", "imtl_g", "mgda", "nash_mtl", "pcgrad", "pcgrad_order", "upgrad"]

@@ -1,0 +1,180 @@
+"""Small dense solvers for the Gramian weightings, in pure JAX with fixed budgets.
+
+Every problem here is K-dimensional (K tasks), so direct K x K linear solves
+are cheap; what matters is that each solver has a fixed iteration count and no
+data-dependent Python control flow, so it runs under ``jit``, ``vmap``,
+``lax.scan`` and ``shard_map`` exactly as it runs eagerly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "full_precision",
+    "normalize_gramian",
+    "jacobi_ridge",
+    "masked_solve",
+    "nnqp",
+    "nnqp_budget",
+    "min_norm_simplex",
+]
+
+
+def full_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """Runs ``fn`` with float32 matmuls at full precision (no TF32 on GPUs).
+
+  The solvers compare gradients of the objective against small tolerances; a
+  10-bit TF32 mantissa would break them, and the matrices are only K x K.
+  """
+
+  @functools.wraps(fn)
+  def wrapped(*args: Any, **kwargs: Any) -> Any:
+    with jax.default_matmul_precision("highest"):
+      return fn(*args, **kwargs)
+
+  return wrapped
+
+
+def normalize_gramian(gramian: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Returns ``(G / tr(G), tr(G))``, symmetrised; a zero Gramian stays zero.
+
+  Every weighting here is invariant to a positive rescaling of ``G`` (or
+  rescales its output explicitly), so solving on the trace-normalised Gramian
+  keeps the tolerances and the regularisers relative to the data's scale.
+  """
+  g = 0.5 * (gramian + gramian.T)
+  trace = jnp.trace(g)
+  safe = jnp.where(trace > jnp.finfo(g.dtype).tiny, trace, jnp.ones_like(trace))
+  return g / safe, trace
+
+
+def jacobi_ridge(g: jax.Array, reg_eps: float | jax.Array) -> jax.Array:
+  """``g + diag(ε·(g_kk + ε))``: a ridge proportional to each task's squared gradient norm.
+
+  A ridge ``ε·I`` would swamp a task whose gradient is much smaller than the
+  others (``g_kk << ε``); scaling it by ``g_kk`` keeps its relative effect at
+  ``ε`` for every task, and the ``ε²`` floor keeps ``Q`` positive definite
+  when a gradient is exactly zero.
+  """
+  eps = jnp.asarray(reg_eps, g.dtype)
+  return g + jnp.diag(eps * (jnp.diagonal(g) + eps))
+
+
+def masked_solve(q: jax.Array, free: jax.Array, rhs: jax.Array) -> jax.Array:
+  """Solves ``Q[F, F] z[F] = rhs[F]`` with ``z = 0`` off the free set ``F``.
+
+  The fixed-shape system is ``Q`` restricted to ``F`` plus the identity on the
+  complement, so one ``K x K`` solve serves every active set.
+  """
+  both = free[:, None] & free[None, :]
+  m = jnp.where(both, q, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0)).astype(q.dtype)
+  rhs = jnp.where(free.reshape(free.shape + (1,) * (rhs.ndim - 1)), rhs, 0.0)
+  return jnp.linalg.solve(m, rhs)
+
+
+def nnqp_budget(k: int) -> int:
+  """The fixed active-set budget for a K-dimensional problem.
+
+  Each iteration adds or drops one index; from a cold start the active-set
+  method needs about K additions plus a few drops on random problems.
+  """
+  return 3 * k + 5
+
+
+def nnqp(q: jax.Array, c: jax.Array, *, num_iters: int | None = None) -> jax.Array:
+  """``argmin_{x >= 0} ½ xᵀQx + cᵀx`` for a positive definite ``Q`` (active set).
+
+  A Lawson–Hanson style primal active-set method: solve on the free set; if
+  the solution is positive, accept it and free the index whose negative
+  gradient is largest; otherwise move towards it until the first free
+  coordinate hits zero and drop it. The iterate is always feasible, so an
+  exhausted budget returns a feasible (if not optimal) point. Exact in
+  finitely many steps for a positive definite ``Q``.
+
+  Args:
+    q: ``[K, K]`` symmetric positive definite matrix.
+    c: ``[K]`` linear term.
+    num_iters: the fixed number of active-set steps (default ``nnqp_budget(K)``).
+
+  Returns:
+    The ``[K]`` minimiser, non-negative.
+  """
+  k = c.shape[0]
+  num_iters = nnqp_budget(k) if num_iters is None else num_iters
+  dtype = q.dtype
+  eps = jnp.finfo(dtype).eps
+  abs_q = jnp.abs(q)
+
+  def step(_, carry):
+    x, free = carry
+    z = masked_solve(q, free, -c)
+    bad = free & (z <= 0)
+    feasible = ~jnp.any(bad)
+    # Accept z and free the most violated bound, if any is violated by more
+    # than rounding (the tolerance is relative to the terms of the gradient).
+    neg_grad = -(q @ z + c)
+    tol = 64 * eps * (jnp.abs(c) + abs_q @ jnp.abs(z))
+    score = jnp.where(free, -jnp.inf, neg_grad - tol)
+    j = jnp.argmax(score)
+    add = score[j] > 0
+    free_ok = free | (add & (jnp.arange(k) == j))
+    # Otherwise step from x towards z until the first free coordinate hits 0.
+    # x >= 0 >= z on `bad`, so x - z >= 0; it is 0 only for an index freed at 0.
+    gap = jnp.where(bad, x - z, 1.0)
+    ratio = jnp.where(bad, jnp.where(gap > 0, x / jnp.where(gap > 0, gap, 1.0), 0.0), jnp.inf)
+    alpha = jnp.clip(jnp.min(ratio), 0.0, 1.0)
+    x_mid = x + alpha * (z - x)
+    free_mid = free & (x_mid > eps * jnp.max(jnp.abs(x_mid))) & ~(bad & (ratio <= alpha))
+    x_mid = jnp.where(free_mid, x_mid, 0.0)
+    x = jnp.where(feasible, z, x_mid)
+    free = jnp.where(feasible, free_ok, free_mid)
+    return x, free
+
+  x0 = jnp.zeros_like(c)
+  free0 = jnp.zeros(c.shape, bool)
+  x, free = lax.fori_loop(0, num_iters, step, (x0, free0))
+  # One last solve on the final free set, kept only if it is feasible.
+  z = masked_solve(q, free, -c)
+  return jnp.where(jnp.all(~free | (z > 0)), z, x)
+
+
+def min_norm_simplex(gramian: jax.Array, *, reg_eps: float | jax.Array = 1e-6) -> jax.Array:
+  """``argmin_{λ ∈ Δ} λᵀGλ``, the min-norm point of the convex hull of the rows of J.
+
+  K = 2 uses the exact closed form; K > 2 uses that for a positive definite
+  ``Q``, ``λ* = x / Σx`` with ``x = argmin_{x >= 0} ½ xᵀQx − 1ᵀx`` (both share
+  the KKT system ``Qλ >= ν1`` with equality on the support), solved on
+  ``Q = G / tr(G) + reg_eps·I``. The ridge bounds the error in the objective
+  by ``reg_eps·tr(G)`` and picks the smallest-norm λ when the minimiser is not
+  unique (identical or cancelling gradients).
+
+  Args:
+    gramian: ``[K, K]`` Gramian ``J Jᵀ``.
+    reg_eps: relative ridge (see :func:`jacobi_ridge`), used when K > 2.
+
+  Returns:
+    ``[K]`` weights on the simplex.
+  """
+  g, _ = normalize_gramian(gramian)
+  k = g.shape[0]
+  dtype = g.dtype
+  if k == 1:
+    return jnp.ones((1,), dtype)
+  if k == 2:
+    # λ₁ = clip(<g₂ − g₁, g₂> / ‖g₁ − g₂‖², 0, 1); identical gradients: ½.
+    num = g[1, 1] - g[0, 1]
+    den = g[0, 0] + g[1, 1] - 2 * g[0, 1]
+    ok = den > 16 * jnp.finfo(dtype).eps
+    lam1 = jnp.where(ok, jnp.clip(num / jnp.where(ok, den, 1.0), 0.0, 1.0), 0.5)
+    return jnp.stack([lam1, 1.0 - lam1])
+  x = nnqp(jacobi_ridge(g, reg_eps), -jnp.ones((k,), dtype))
+  total = jnp.sum(x)
+  ok = total > 0
+  return jnp.where(ok, x / jnp.where(ok, total, 1.0), jnp.full((k,), 1.0 / k, dtype))
