@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""Which multi-task methods reach the Pareto set of the two-objective toy?
+
+Reproduces the toy of CAGrad (Liu et al. 2021, Fig. 1), Nash-MTL (Navon et al.
+2022, Fig. 1) and FAMO (Liu et al. 2023, Fig. 1): a point ``x = (x1, x2)`` is
+trained on two conflicting losses (``weightax.datasets.toy``) from five
+starting points, with Adam (lr 1e-3) after each aggregator. The Pareto set is
+``x2 ≈ -8.3552, x1 ∈ [-7, 7]``. The papers report that linear scalarization,
+PCGrad and MGDA end at the edges or away from the set from some starts (LS
+and PCGrad stall in the steep valley where one gradient dominates, MGDA stops
+at the first Pareto-stationary point), while CAGrad, Nash-MTL and FAMO reach
+the interior from every start.
+
+Each method is ONE compiled, vmapped run over the five starts
+(``weightax.sweep`` over a start index); methods have different state types, so
+they are looped over in Python. The papers train 35k-100k steps; the default
+is the low end, 35k, which keeps the whole study within a few minutes on two
+CPU cores (each method's five runs take seconds; the solver-based methods
+take longest). Pass ``--steps 100000`` for the longest published budget, or
+fewer steps for a faster look.
+
+Run ``python experiments/toy_two_objective.py --help`` for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import toy_two_objective_report as report  # noqa: E402
+
+import weightax as wx  # noqa: E402
+from weightax.datasets.toy import STARTS, toy_losses  # noqa: E402
+from weightax.runs import new_run_dir  # noqa: E402
+
+# short name -> (factory in weightax.aggregators, needs positive losses?)
+METHODS = {
+    "ls": ("linear_scalarization", False),
+    "rlw": ("random_loss_weighting", False),
+    "dwa": ("dwa", True),
+    "uw": ("uncertainty_weighting", True),
+    "gradnorm": ("gradnorm", True),
+    "pcgrad": ("pcgrad", False),
+    "mgda": ("mgda", False),
+    "cagrad": ("cagrad", False),
+    "imtl_g": ("imtl_g", False),
+    "upgrad": ("upgrad", False),
+    "nash_mtl": ("nash_mtl", False),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument("--out", default=None,
+                 help="output directory (default: runs/toy_two_objective/<UTC time>)")
+  p.add_argument("--steps", type=int, default=35000,
+                 help="Adam steps per run (the papers use 35k-100k)")
+  p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+  p.add_argument("--record", type=int, default=400,
+                 help="at most this many trajectory points kept per run")
+  p.add_argument("--l1-scale", type=float, default=0.1,
+                 help="factor on L1: 0.1 as in Nash-MTL's and FAMO's code, 1 as in CAGrad")
+  p.add_argument("--loss-offset", type=float, default=20.0,
+                 help="added to the losses handed to loss-based methods (dwa, uw, gradnorm), "
+                      "which assume positive losses; the toy's losses reach -20. Gradients are "
+                      "unchanged")
+  p.add_argument("--methods", default=",".join(METHODS),
+                 help="comma-separated subset of methods")
+  p.add_argument("--cagrad-c", type=float, default=0.4, help="CAGrad's c (Nash-MTL's code: 0.4)")
+  p.add_argument("--gradnorm-alpha", type=float, default=1.5, help="GradNorm's α")
+  p.add_argument("--dwa-period", type=int, default=25,
+                 help="DWA's period in steps (Nash-MTL's code uses a 25-step window)")
+  p.add_argument("--x2-tol", type=float, default=0.1,
+                 help="a run ends on the Pareto set if |x2 + 8.3552| <= this (the exact set "
+                      "bends to x2 = -8.4345 at x1 = ±7) ...")
+  p.add_argument("--x1-tol", type=float, default=0.05, help="... and x1 ∈ [-7 - tol, 7 + tol]")
+  p.add_argument("--quick", action="store_true",
+                 help="tiny run for tests: ls, mgda and gradnorm (plus cagrad/nash_mtl when "
+                      "available), 600 steps")
+  args = p.parse_args(argv)
+  args.command = " ".join(["python experiments/toy_two_objective.py",
+                           *(sys.argv[1:] if argv is None else argv)])
+  if args.quick:
+    args.steps, args.record = 600, 60
+    args.methods = "ls,mgda,gradnorm,cagrad,nash_mtl"
+  args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  unknown = [m for m in args.methods if m not in METHODS]
+  if unknown or not args.methods:
+    p.error(f"--methods: expected a subset of {list(METHODS)}; got {args.methods}")
+  if args.steps < 1 or args.record < 1:
+    p.error(f"--steps and --record must be positive; got {args.steps}, {args.record}")
+  # Whole blocks of steps between records: the smallest block size that divides --steps
+  # and keeps at most --record points.
+  every = -(-args.steps // min(args.record, args.steps))
+  while args.steps % every:
+    every += 1
+  args.record_every, args.record = every, args.steps // every
+  return args
+
+
+def find_factory(name: str):
+  """The factory of method ``name`` from ``weightax.aggregators`` (None if it does not exist).
+
+  Falls back to the module ``weightax.aggregators.<factory>`` for a method that
+  is written but not yet re-exported by the package.
+  """
+  fname = METHODS[name][0]
+  factory = getattr(wx.aggregators, fname, None)
+  if factory is None or inspect.ismodule(factory):
+    try:
+      factory = getattr(importlib.import_module(f"weightax.aggregators.{fname}"), fname, None)
+    except ImportError:
+      return None
+  return factory if callable(factory) and not inspect.ismodule(factory) else None
+
+
+def method_kwargs(name: str, args: argparse.Namespace) -> dict:
+  """The hyperparameters this study sets for ``name`` (only those its factory accepts)."""
+  wanted = {"num_tasks": 2}
+  if name == "cagrad":
+    wanted["c"] = args.cagrad_c
+  elif name == "gradnorm":
+    wanted["alpha"] = args.gradnorm_alpha
+  elif name == "dwa":
+    wanted["period"] = args.dwa_period
+  params = inspect.signature(find_factory(name)).parameters
+  return {k: v for k, v in wanted.items() if k in params}
+
+
+def make_train(name: str, args: argparse.Namespace):
+  """``train(hparams, key)`` running method ``name`` from start ``hparams['start']``."""
+  agg = find_factory(name)(**method_kwargs(name, args))
+  tx = optax.chain(agg, optax.adam(args.lr))
+  offset = args.loss_offset if METHODS[name][1] else 0.0
+  starts = jnp.asarray(STARTS)
+  losses_fn = lambda x: toy_losses(x, l1_scale=args.l1_scale)
+  vjac = wx.value_and_jacobian(losses_fn)
+
+  def train(hp: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+    x0 = starts[hp["start"]]
+
+    def step(carry, k):
+      x, s = carry
+      losses, jac = vjac(x)
+      u, s = tx.update(jac, s, x, task_losses=losses + offset, key=k)
+      return (optax.apply_updates(x, u), s), None
+
+    def block(carry, ks):
+      carry, _ = jax.lax.scan(step, carry, ks)
+      return carry, carry[0]
+
+    keys = jax.random.split(key, args.steps).reshape(args.record, args.record_every)
+    _, xs = jax.lax.scan(block, (x0, tx.init(x0)), keys)
+    xs = jnp.concatenate([x0[None], xs])
+    return {"x": xs, "losses": jax.vmap(losses_fn)(xs)}
+
+  return train
+
+
+def run_methods(args: argparse.Namespace) -> tuple[dict, dict]:
+  """Runs every available method; returns ``(results, skipped)``.
+
+  ``results[name]`` holds ``x [5, T+1, 2]``, ``losses [5, T+1, 2]`` and the
+  wall time; ``skipped[name]`` says why a method did not run.
+  """
+  results, skipped = {}, {}
+  for name in args.methods:
+    fname = METHODS[name][0]
+    if find_factory(name) is None:
+      skipped[name] = f"weightax.aggregators.{fname} does not exist (yet)"
+      print(f"toy: skipping {name}: {skipped[name]}", flush=True)
+      continue
+    t0 = time.perf_counter()
+    try:
+      res = wx.sweep(make_train(name, args), {"start": list(range(len(STARTS)))}, seeds=[0],
+                     progress=False, desc=name)
+    except Exception as e:  # noqa: BLE001 - one broken method must not sink the study
+      skipped[name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+      print(f"toy: {name} failed: {skipped[name]}", flush=True)
+      continue
+    wall = time.perf_counter() - t0
+    results[name] = {"x": np.asarray(res.metrics["x"]), "losses": np.asarray(res.metrics["losses"]),
+                     "wall_s": wall, "kwargs": method_kwargs(name, args)}
+    print(f"toy: {name:9s} {wall:6.1f} s", flush=True)
+  return results, skipped
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args = parse_args(argv)
+  out = new_run_dir("toy_two_objective", args.out)
+  print(f"toy_two_objective: {len(args.methods)} methods x {len(STARTS)} starts, "
+        f"{args.steps} Adam steps (lr {args.lr}), L1 scale {args.l1_scale} ...", flush=True)
+  t0 = time.perf_counter()
+  results, skipped = run_methods(args)
+  elapsed = time.perf_counter() - t0
+  summary = report.write_all(out, results, skipped, args, elapsed)
+  print(report.answer_text(summary))
+  print(f"\nReport: {out / 'summary.md'}")
+  return summary
+
+
+if __name__ == "__main__":
+  main()
