@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from weightax.jacobian import gramian as _gramian
 from weightax.jacobian import num_tasks as _num_tasks
 
 __all__ = [
@@ -141,6 +142,31 @@ def _pow2_scale(tree: Any) -> jax.Array:
   return jnp.where(ok, jnp.ldexp(jnp.ones((), jnp.float32), e), jnp.ones((), jnp.float32))
 
 
+# Below this largest squared norm, squares of gradient entries are near float32's
+# underflow (≈1e-38) and the Gramian loses digits; above it nothing is lost.
+_TINY_GRAMIAN = 2.0**-100
+
+
+def _rescue_gramian(g: jax.Array, shared_grads: Any) -> tuple[jax.Array, jax.Array]:
+  """``(G, 1)`` when ``G`` is usable, else the Gramian of the gradients rescaled by ``s``.
+
+  The common case costs one Gramian: the extra passes over the gradients (their
+  largest magnitude, the division) run only under ``lax.cond`` when ``G`` over-
+  or underflowed. (Under ``vmap`` the cond becomes a select and both run.)
+  """
+  top = jnp.max(jnp.diagonal(g))
+  bad = ~jnp.all(jnp.isfinite(g)) | (top < _TINY_GRAMIAN)
+
+  def rescaled(_: Any) -> tuple[jax.Array, jax.Array]:
+    scale = _pow2_scale(shared_grads)
+    return _gramian(jax.tree.map(lambda x: x.astype(jnp.float32) / scale, shared_grads)), scale
+
+  def plain(_: Any) -> tuple[jax.Array, jax.Array]:
+    return g, jnp.ones((), jnp.float32)
+
+  return jax.lax.cond(bad, rescaled, plain, None)
+
+
 def gramian_aggregator(
     weight_fn: WeightFn,
     init_fn: Callable[[], Any] = EmptyAggregatorState,
@@ -164,10 +190,11 @@ def gramian_aggregator(
     needs_gramian: set False for methods that weight from the losses alone
       (DWA, RLW, ...): ``weight_fn`` then receives ``None`` instead of the
       Gramian, so it is never computed, even without ``jit``.
-    normalize_gramian: compute the Gramian of the shared gradients divided by
+    normalize_gramian: when the Gramian overflows or its largest diagonal
+      entry is below 2^-100, recompute it from the shared gradients divided by
       ``s``, the power of two at or above their largest magnitude, so that
       gradients as small as 1e-30 or as large as 1e30 neither underflow nor
-      overflow in ``G`` (whose entries are squares). ``weight_fn`` then gets
+      overflow in ``G`` (whose entries are squares); otherwise ``s = 1``. ``weight_fn`` then gets
       ``G / s²`` and the keyword ``scale=s``; its weights still multiply the
       original gradients. A weighting invariant to rescaling ``G`` ignores
       ``scale``.
@@ -176,8 +203,6 @@ def gramian_aggregator(
     An ``optax.GradientTransformationExtraArgs`` whose update maps per-task
     gradients to one params-shaped update.
   """
-  from weightax.jacobian import gramian as _gramian
-
   def init(params: Any) -> Any:
     del params
     return init_fn()
@@ -199,10 +224,9 @@ def gramian_aggregator(
     if not needs_gramian:
       g = None
     elif jax.tree.leaves(shared_grads):
-      if normalize_gramian:
-        scale = _pow2_scale(shared_grads)
-        shared_grads = jax.tree.map(lambda x: x.astype(jnp.float32) / scale, shared_grads)
       g = _gramian(shared_grads)
+      if normalize_gramian:
+        g, scale = _rescue_gramian(g, shared_grads)
     else:  # nothing is shared: every leaf is task-specific
       g = jnp.zeros((k, k), jnp.float32)
     if normalize_gramian:
