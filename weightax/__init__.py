@@ -1,10 +1,47 @@
 """weightax: loss weighting for JAX, in Optax's style.
 
-The whole public API is re-exported here.
+The whole public API is re-exported here; read this file to see the library.
+
+- Per-task gradients: :func:`value_and_jacobian`, :func:`gramian`.
+- Multi-task aggregators (``optax.GradientTransformationExtraArgs``, put first in
+  an ``optax.chain``): loss-based :func:`linear_scalarization`,
+  :func:`random_loss_weighting`, :func:`dwa`, :func:`uncertainty_weighting`,
+  :func:`gradnorm`; Gramian-based :func:`mgda`, :func:`pcgrad`, :func:`cagrad`,
+  :func:`imtl_g`, :func:`upgrad`, :func:`nash_mtl`. Their pure weightings
+  ``G -> w`` live in :mod:`weightax.weightings`; :func:`gramian_aggregator`
+  turns a new weighting into an aggregator.
+- Sample-weighting losses: :mod:`weightax.losses`.
+- Shared-parameter and representation-level helpers: :mod:`weightax.mtl`.
+- Studies: :func:`sweep` (a grid × seeds as one compiled program), :func:`fit`
+  (a ``lax.scan`` training loop), :mod:`weightax.datasets`.
 """
 
-from weightax import aggregators, datasets, losses
-from weightax.aggregators import *  # noqa: F403  (every aggregator factory, e.g. wx.pcgrad)
+from weightax import aggregators, datasets, losses, mtl, weightings
+from weightax.aggregators import (
+    CAGradState,
+    DWAState,
+    GradNormState,
+    IMTLGState,
+    LinearScalarizationState,
+    MGDAState,
+    NashMTLState,
+    PCGradState,
+    RandomLossWeightingState,
+    UncertaintyWeightingState,
+    UPGradState,
+    cagrad,
+    dwa,
+    gradnorm,
+    gramian_aggregator,
+    imtl_g,
+    linear_scalarization,
+    mgda,
+    nash_mtl,
+    pcgrad,
+    random_loss_weighting,
+    uncertainty_weighting,
+    upgrad,
+)
 from weightax.jacobian import gramian, num_tasks, value_and_jacobian
 from weightax.sweep import SweepResult, sweep
 from weightax.train import FitResult, fit, sample_batch
@@ -12,16 +49,44 @@ from weightax.train import FitResult, fit, sample_batch
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult",
-    "SweepResult",
-    "aggregators",
-    "datasets",
-    "losses",
-    "fit",
-    "sample_batch",
-    "sweep",
+    # per-task gradients
     "gramian",
     "num_tasks",
     "value_and_jacobian",
-    *aggregators.__all__,
+    # aggregators
+    "cagrad",
+    "dwa",
+    "gradnorm",
+    "gramian_aggregator",
+    "imtl_g",
+    "linear_scalarization",
+    "mgda",
+    "nash_mtl",
+    "pcgrad",
+    "random_loss_weighting",
+    "uncertainty_weighting",
+    "upgrad",
+    "CAGradState",
+    "DWAState",
+    "GradNormState",
+    "IMTLGState",
+    "LinearScalarizationState",
+    "MGDAState",
+    "NashMTLState",
+    "PCGradState",
+    "RandomLossWeightingState",
+    "UncertaintyWeightingState",
+    "UPGradState",
+    # studies
+    "FitResult",
+    "SweepResult",
+    "fit",
+    "sample_batch",
+    "sweep",
+    # subpackages
+    "aggregators",
+    "datasets",
+    "losses",
+    "mtl",
+    "weightings",
 ]

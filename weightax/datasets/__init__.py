@@ -1,5 +1,25 @@
-"""Data sets that ship with the dependencies (no downloads) and synthetic problems."""
+"""Data sets that ship with the dependencies (no downloads) and synthetic problems.
 
-from weightax.datasets.digits import load_digits, long_tailed_split
+- :mod:`~weightax.datasets.digits`: scikit-learn's bundled 8×8 digits, a
+  stratified split and a long-tailed split.
+- :mod:`~weightax.datasets.toy`: the two-objective toy of CAGrad / Nash-MTL / FAMO.
+- :mod:`~weightax.datasets.synthetic`: GradNorm's synthetic multi-task regression.
+"""
 
-__all__ = ["load_digits", "long_tailed_split"]
+from weightax.datasets import synthetic, toy
+from weightax.datasets.digits import Split, load_digits, long_tailed_split
+from weightax.datasets.synthetic import GradNormProblem, gradnorm_problem, gradnorm_sample
+from weightax.datasets.toy import pareto_set, toy_losses
+
+__all__ = [
+    "GradNormProblem",
+    "Split",
+    "gradnorm_problem",
+    "gradnorm_sample",
+    "load_digits",
+    "long_tailed_split",
+    "pareto_set",
+    "synthetic",
+    "toy",
+    "toy_losses",
+]
