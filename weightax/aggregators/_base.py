@@ -162,7 +162,8 @@ def _rescue_gramian(g: jax.Array, shared_grads: Any) -> tuple[jax.Array, jax.Arr
     return _gramian(jax.tree.map(lambda x: x.astype(jnp.float32) / scale, shared_grads)), scale
 
   def plain(_: Any) -> tuple[jax.Array, jax.Array]:
-    return g, jnp.ones((), jnp.float32)
+    # ones_like(top), not a constant: inside shard_map both branches must vary alike.
+    return g, jnp.ones_like(top)
 
   return jax.lax.cond(bad, rescaled, plain, None)
 

@@ -42,6 +42,19 @@ def full_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
   return wrapped
 
 
+def vary_like(tree: Any, ref: jax.Array) -> Any:
+  """``tree`` unchanged, but typed as varying over the same ``shard_map`` axes as ``ref``.
+
+  A loop carry must keep its type; inside ``shard_map`` a constant initial carry
+  (``zeros``) is replicated while the body's output varies with the data, which
+  JAX rejects. Selecting with a data-dependent (always false) flag gives the
+  constant the data's type; outside ``shard_map`` it is a no-op that XLA folds.
+  """
+  flat = jnp.ravel(ref)[:1]
+  never = jnp.any(flat != flat) & False  # False, with ref's varying axes
+  return jax.tree.map(lambda x: jnp.where(never, x, x), tree)
+
+
 def normalize_gramian(gramian: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Returns ``(G / tr(G), tr(G))``, symmetrised; a zero Gramian stays zero.
 
@@ -137,8 +150,7 @@ def nnqp(q: jax.Array, c: jax.Array, *, num_iters: int | None = None) -> jax.Arr
     free = jnp.where(feasible, free_ok, free_mid)
     return x, free
 
-  x0 = jnp.zeros_like(c)
-  free0 = jnp.zeros(c.shape, bool)
+  x0, free0 = vary_like((jnp.zeros_like(c), jnp.zeros(c.shape, bool)), q)
   x, free = lax.fori_loop(0, num_iters, step, (x0, free0))
   # One last solve on the final free set, kept only if it is feasible.
   z = masked_solve(q, free, -c)

@@ -15,6 +15,7 @@ from weightax.weightings._solvers import (
     min_norm_simplex,
     nnqp_budget,
     normalize_gramian,
+    vary_like,
 )
 
 __all__ = ["cagrad"]
@@ -77,7 +78,8 @@ def _projection_path(
 
   nu0 = jnp.min(jnp.where(alive, p, inf))
   done0 = ~(radius > 0) | ~jnp.any(alive) | ~(nu_cap > nu0)
-  nu, free, _ = lax.fori_loop(0, nnqp_budget(k), step, (nu0, jnp.zeros((k,), bool), done0))
+  init = vary_like((nu0, jnp.zeros((k,), bool), done0), g)
+  nu, free, _ = lax.fori_loop(0, nnqp_budget(k), step, init)
   a, e = affine(free)
   x = jnp.where(free, jnp.maximum(a + nu * e, 0.0), 0.0)
   return jnp.where(done0, jnp.zeros_like(x), x)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from weightax.weightings._solvers import full_precision, normalize_gramian
+from weightax.weightings._solvers import full_precision, normalize_gramian, vary_like
 
 __all__ = ["pcgrad", "pcgrad_order"]
 
@@ -93,7 +93,7 @@ def pcgrad(
       coef = jnp.where(project, -ip / jnp.where(project, diag[j], 1.0), 0.0)
       return c.at[j].add(coef), None
 
-    c, _ = lax.scan(visit, jax.nn.one_hot(i, k, dtype=g.dtype), row)
+    c, _ = lax.scan(visit, vary_like(jax.nn.one_hot(i, k, dtype=g.dtype), g), row)
     return c
 
   return jnp.sum(jax.vmap(one_task)(jnp.arange(k), order), axis=0)
