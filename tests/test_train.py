@@ -51,3 +51,25 @@ def test_fit_rejects_bad_schedule_and_data():
            batch_size=4, eval_every=3)
   with pytest.raises(ValueError, match="same number of examples"):
     wx.sample_batch((x, y[:5]), jax.random.key(0), 4)
+
+
+def test_loss_state_is_carried_between_steps():
+  """A loss with state (a step counter and a running mean) sees every step once."""
+  x, y, _ = _setup()
+
+  def loss_fn(p, b, k, state):
+    count, ema = state
+    loss = jnp.mean((b[0] @ p - b[1]) ** 2)
+    new = (count + 1, 0.5 * ema + 0.5 * loss)
+    return loss * (1.0 + 0.0 * count), ({"count": count}, new)
+
+  res = wx.fit(loss_fn, jnp.zeros(3), optax.sgd(0.01), (x, y), key=jax.random.key(1),
+               num_steps=6, batch_size=40, loss_state=(jnp.int32(0), jnp.float32(0.0)),
+               eval_every=3)
+  np.testing.assert_array_equal(res.step_metrics["count"], np.arange(6))
+  assert int(res.loss_state[0]) == 6
+  # full batch: the EMA is a closed form of the per-step losses
+  ema = 0.0
+  for loss in np.asarray(res.step_metrics["loss"]):
+    ema = 0.5 * ema + 0.5 * loss
+  np.testing.assert_allclose(res.loss_state[1], ema, rtol=1e-6)

@@ -46,12 +46,14 @@ class FitResult(NamedTuple):
     step_metrics: the per-step metrics of ``loss_fn``'s aux, stacked ``[num_steps, ...]``.
     eval_metrics: ``eval_fn(params)`` at steps ``0, E, 2E, ..., num_steps`` stacked
       ``[num_steps // E + 1, ...]`` (None without ``eval_fn``).
+    loss_state: the final ``loss_state`` (None when ``fit`` was given none).
   """
 
   params: Any
   opt_state: Any
   step_metrics: Any
   eval_metrics: Any
+  loss_state: Any = None
 
 
 def fit(
@@ -65,6 +67,7 @@ def fit(
     batch_size: int,
     eval_fn: Callable[[Any], Any] | None = None,
     eval_every: int = 1,
+    loss_state: Any = None,
 ) -> FitResult:
   """Trains with ``optimizer`` on minibatches drawn inside a ``lax.scan``.
 
@@ -74,8 +77,15 @@ def fit(
   nested scan (outer over evaluations, inner over steps) rather than a
   ``lax.cond``, which under ``vmap`` would evaluate at every step.
 
+  A loss that keeps state between steps (GHM's running bin counts, a step
+  counter for deferred re-weighting) passes ``loss_state``: ``loss_fn`` is then
+  called as ``loss_fn(params, batch, key, loss_state)`` and returns
+  ``(loss, (aux metrics, new_loss_state))``; the state is carried through the
+  scan without gradients.
+
   Args:
-    loss_fn: ``(params, batch, key) -> (scalar loss, aux metrics)``.
+    loss_fn: ``(params, batch, key) -> (scalar loss, aux metrics)``, or with
+      ``loss_state`` ``(params, batch, key, state) -> (loss, (aux, new_state))``.
     params: initial parameters.
     optimizer: any Optax transformation.
     data: pytree of device arrays with a leading example axis.
@@ -84,6 +94,7 @@ def fit(
     batch_size: examples per step (``>= n`` means full batch).
     eval_fn: optional ``params -> metrics`` run at step 0 and every ``eval_every`` steps.
     eval_every: steps between evaluations.
+    loss_state: optional initial state of the loss (any pytree).
 
   Returns:
     A :class:`FitResult`.
@@ -94,14 +105,19 @@ def fit(
         f"got num_steps={num_steps}, eval_every={eval_every}."
     )
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  stateful = loss_state is not None
 
   def step(carry: Any, k: jax.Array) -> tuple[Any, Any]:
-    p, s = carry
+    p, s, ls = carry
     kb, kl = jax.random.split(k)
     batch = sample_batch(data, kb, batch_size)
-    (loss, aux), g = grad_fn(p, batch, kl)
+    if stateful:
+      (loss, (aux, ls)), g = grad_fn(p, batch, kl, ls)
+      ls = jax.lax.stop_gradient(ls)
+    else:
+      (loss, aux), g = grad_fn(p, batch, kl)
     u, s = optimizer.update(g, s, p)
-    return (optax.apply_updates(p, u), s), {"loss": loss, **(aux or {})}
+    return (optax.apply_updates(p, u), s, ls), {"loss": loss, **(aux or {})}
 
   opt_state = optimizer.init(params)
   n_outer = num_steps // eval_every
@@ -114,8 +130,9 @@ def fit(
     return carry, (m, ev)
 
   ev0 = eval_fn(params) if eval_fn is not None else None
-  (params, opt_state), (m, ev) = jax.lax.scan(outer, (params, opt_state), keys)
+  (params, opt_state, loss_state), (m, ev) = jax.lax.scan(
+      outer, (params, opt_state, loss_state), keys)
   m = jax.tree.map(lambda x: x.reshape((num_steps,) + x.shape[2:]), m)
   if eval_fn is not None:
     ev = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), ev0, ev)
-  return FitResult(params, opt_state, m, ev)
+  return FitResult(params, opt_state, m, ev, loss_state)
