@@ -270,8 +270,10 @@ def make_train(args: argparse.Namespace, data: Data) -> Callable:
   each loss's sweep runs the same compiled program (XLA compilation, not training,
   dominates this small study's time). It returns the per-class recall on validation and
   test at every evaluation and the mean training loss between evaluations. The loop is
-  written here rather than with ``wx.fit`` because GHM-C's bin counts and DRW's step
-  counter must be carried from step to step, which ``fit``'s loss function cannot do.
+  written here rather than with ``wx.fit`` because the training set is picked per
+  configuration from arrays padded to the largest ratio's size, and batches must come
+  from its first ``n_train[r]`` rows; GHM-C's bin counts and DRW's step counter ride in
+  the carry (``fit``'s ``loss_state`` would hold them for an ordinary data set).
   Functions are cached per setting so a repeated run reuses the compiled program.
   """
   cache_key = (repr({k: v for k, v in sorted(vars(args).items()) if k in TRAIN_SETTINGS}),
