@@ -7,7 +7,12 @@ import jax.numpy as jnp
 
 from weightax.weightings._solvers import full_precision, normalize_gramian
 
-__all__ = ["imtl_g"]
+__all__ = ["imtl_g", "IMTL_RANK_RTOL"]
+
+# Eigenvalues of the cosine matrix C below IMTL_RANK_RTOL·K·eps·λ_max(C) count
+# as zero. Rounding a Gramian to the working precision moves the eigenvalues
+# of C by at most about K·eps (its entries are cosines, each off by ~eps).
+IMTL_RANK_RTOL = 16.0
 
 
 @jax.jit
@@ -15,16 +20,30 @@ __all__ = ["imtl_g"]
 def imtl_g(gramian: jax.Array) -> jax.Array:
   """IMTL-G weights: the update projects equally on every task's unit gradient.
 
-  .. math:: w \\propto G^{+} \\sqrt{\\operatorname{diag}(G)}, \\qquad \\sum_k w_k = 1
+  .. math:: w \\propto D^{-1/2} C^{+} \\mathbf{1}, \\quad
+     C = D^{-1/2} G D^{-1/2},\\ D = \\operatorname{diag}(G), \\qquad \\sum_k w_k = 1
 
-  For linearly independent gradients, ``d = Jᵀw`` satisfies
-  ``<d, g_k/‖g_k‖> = <d, g_j/‖g_j‖>`` for all k, j, which is the paper's
-  condition; its closed form in the paper (differences against task 1, as in
-  LibMTL and the Nash-MTL code) equals this one. The pseudo-inverse
-  (eigenvalues below ``10·K·eps·λ_max`` dropped) extends it to dependent
-  gradients, as in torchjd. When ``Σ G⁺√diag(G)`` vanishes (e.g. two opposite
-  gradients) the direction is undefined and the weights are zero, as in
-  torchjd. Invariant to a positive rescaling of ``G``.
+  ``C`` is the matrix of cosines between the task gradients and
+  ``v = C⁺1`` the contribution ``‖g_k‖·w_k`` of each task, so that
+  ``d = Jᵀw`` satisfies ``<d, g_k/‖g_k‖> = <d, g_j/‖g_j‖>`` for all k, j (the
+  paper's condition). For linearly independent gradients this is exactly
+  ``G⁻¹√diag(G)`` normalised, the closed form of the paper, LibMTL and the
+  Nash-MTL code (differences against task 1) and of torchjd. Working on ``C``
+  instead of ``G`` keeps float32 exact for gradient norms that differ by
+  ``1e7`` or more (``G`` itself would have a condition number of ``1e14``,
+  and a cut-off on its eigenvalues would drop the small tasks).
+
+  Dependent gradients: eigenvalues of ``C`` below
+  ``IMTL_RANK_RTOL·K·eps·λ_max(C)`` are dropped (the pseudo-inverse), i.e.
+  tasks count as dependent when their *directions* are, whatever their norms.
+  ``v`` is then the least-squares solution of the equal-projection condition
+  with every task counted equally; torchjd's ``G⁺√diag(G)`` instead weighs
+  task k's residual by ``‖g_k‖``, so the two differ only for dependent
+  gradients. Tasks with a zero gradient (squared norm below ``tiny·max_k G_kk``)
+  get weight 0. When the condition has no solution but zero (e.g. two opposite
+  gradients, ``C⁺1 = 0``) or ``Σ_k w_k`` vanishes, the direction is undefined
+  and the weights are zero, as in torchjd. Invariant to a positive rescaling
+  of ``G``.
 
   Args:
     gramian: ``[K, K]`` Gramian ``G = J Jᵀ``.
@@ -37,6 +56,9 @@ def imtl_g(gramian: jax.Array) -> jax.Array:
     >>> G = jnp.array([[1.0, 0.0], [0.0, 4.0]])  # orthogonal, norms 1 and 2
     >>> [round(w, 4) for w in wx.weightings.imtl_g(G).tolist()]
     [0.6667, 0.3333]
+    >>> G = jnp.diag(jnp.array([1.0, 1e-6]))  # norms 1 and 1e-3: w ∝ 1/‖g_k‖
+    >>> [round(w, 6) for w in wx.weightings.imtl_g(G).tolist()]
+    [0.000999, 0.999001]
 
   References:
     Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021; the
@@ -46,12 +68,27 @@ def imtl_g(gramian: jax.Array) -> jax.Array:
   g, _ = normalize_gramian(gramian)
   k = g.shape[0]
   dtype = g.dtype
-  evals, evecs = jnp.linalg.eigh(g)
-  keep = evals > 10 * k * jnp.finfo(dtype).eps * jnp.max(evals)
+  finfo = jnp.finfo(dtype)
+  diag = jnp.maximum(jnp.diagonal(g), 0.0)
+  # s_k = ‖g_k‖ / max_j ‖g_j‖ in (0, 1]; below √tiny the task counts as zero.
+  s = jnp.sqrt(diag / jnp.maximum(jnp.max(diag), finfo.tiny))
+  alive = s > jnp.sqrt(finfo.tiny)
+  inv_s = jnp.where(alive, 1.0 / jnp.where(alive, s, 1.0), 0.0)
+  root = jnp.sqrt(jnp.where(alive, diag, 1.0))
+  both = alive[:, None] & alive[None, :]
+  c = jnp.where(both, g / root[:, None] / root[None, :], 0.0)
+  evals, evecs = jnp.linalg.eigh(c)
+  keep = evals > IMTL_RANK_RTOL * k * finfo.eps * jnp.max(evals)
   inv = jnp.where(keep, 1.0 / jnp.where(keep, evals, 1.0), 0.0)
-  sqrt_diag = jnp.sqrt(jnp.maximum(jnp.diagonal(g), 0.0))
-  v = evecs @ (inv * (evecs.T @ sqrt_diag))
-  total = jnp.sum(v)
-  # Below this, Σv is rounding noise of an exactly cancelling configuration.
-  ok = jnp.abs(total) > 1e-4 * jnp.sum(jnp.abs(v)) + 1e-6
-  return jnp.where(ok, v / jnp.where(ok, total, 1.0), jnp.zeros_like(v))
+  ones = alive.astype(dtype)
+  coef = evecs.T @ ones
+  v = evecs @ (inv * coef)  # C⁺1: the contribution ‖g_k‖·w_k, up to a common factor
+  w = v * inv_s
+  total = jnp.sum(w)
+  # 1 orthogonal to range(C) (only rounding left of its projection), or a
+  # vanishing Σw: no direction has equal positive projections.
+  proj = jnp.sqrt(jnp.sum(jnp.where(keep, coef * coef, 0.0)))
+  ok = (proj > 1e-3 * jnp.sqrt(jnp.maximum(jnp.sum(ones), 1.0))) & (
+      jnp.abs(total) > 1e-4 * jnp.sum(jnp.abs(w))
+  )
+  return jnp.where(ok, w / jnp.where(ok, total, 1.0), jnp.zeros_like(w))
