@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import _report
 import matplotlib
 import numpy as np
 
@@ -53,6 +54,10 @@ def analyse(results: dict, sigmas: dict) -> dict:
         "final_weights": final_w.mean(0).tolist(),
         "final_weight_small_sigma": float(final_w[:, small].mean()),
         "final_weight_large_sigma": float(final_w[:, large].mean()),
+        "final_weight_small_sigma_per_seed": final_w[:, small].tolist(),
+        "final_weight_large_sigma_per_seed": final_w[:, large].tolist(),
+        # how far the weights moved from equal weights: max_i |w_i - 1|, per seed
+        "final_weight_max_dev_from_1_per_seed": np.abs(final_w - 1.0).max(-1).tolist(),
         "weight_rank_corr_with_sigma": _rank_corr(sig, final_w.mean(0)),
         "min_weight_ever": float(np.nanmin(w)),
         "fraction_evals_with_negative_weight": float(np.mean((w < 0).any(axis=-1))),
@@ -64,23 +69,50 @@ def analyse(results: dict, sigmas: dict) -> dict:
 
 
 def verdicts(analysis: dict) -> dict:
-  """Per T: does GradNorm raise the small-σ task's weight, is it stable, does it help?"""
+  """Per T: did training progress, does GradNorm raise the small-σ weight, does it help?
+
+  Every "True" or "better" needs the 95% t-interval over seeds (``_report``) to exclude 0:
+
+  * ``progress[m]``: method m moved Σ L_i/L_i(0) below its start T (interval of
+    ``T - Σ`` above 0); ``any_progress`` whether any method did. Without progress the
+    comparisons below are not made (``None``): nothing was learned to compare.
+  * ``raises_small_sigma_weight``: the small-σ task's final weight is above 1 and above the
+    large-σ task's (intervals of ``w_small - 1`` and ``w_small - w_large`` above 0).
+  * ``moves_weights``: max_i |w_i - 1| is above 0.05 (interval of ``dev - 0.05`` above 0).
+  * ``vs[b]``: GradNorm against baseline b on Σ L_i/L_i(0), paired over seeds (the seeds
+    share initialisation and batches across methods): ``"better"`` (lower), ``"worse"``
+    or ``"tie"``; ``vs_ci[b]`` is the interval of ``Σ_GradNorm - Σ_b``.
+  * ``stable``: finite throughout and the small-σ weight's coefficient of variation over
+    the second half below 0.2 (a threshold on a measured number, not a test).
+  """
   out = {}
   for t, methods in analysis.items():
+    T = len(next(iter(methods.values()))["sigmas"])
+    progress = {m: _report.verdict(T - np.asarray(e["final_sum_ratio_per_seed"])) == "better"
+                for m, e in methods.items()}
     g = methods.get("gradnorm")
+    v: dict = {"progress": progress, "any_progress": any(progress.values())}
+    out[t] = v
     if g is None:
       continue
-    eq = methods.get("equal")
-    raises = g["final_weight_small_sigma"] > 1.0 and (
-        g["final_weight_small_sigma"] > g["final_weight_large_sigma"])
-    stable = g["finite"] and g["small_sigma_weight_cv_last_half"] < 0.2
-    out[t] = {
-        "raises_small_sigma_weight": bool(raises),
-        "stable": bool(stable),
+    ws, wl = (np.asarray(g[k]) for k in ("final_weight_small_sigma_per_seed",
+                                          "final_weight_large_sigma_per_seed"))
+    dev = np.asarray(g["final_weight_max_dev_from_1_per_seed"])
+    v |= {
+        "raises_small_sigma_weight": _report.verdict(ws - 1.0) == "better"
+        and _report.verdict(ws - wl) == "better",
+        "moves_weights": _report.verdict(dev - 0.05) == "better",
+        "stable": bool(g["finite"] and g["small_sigma_weight_cv_last_half"] < 0.2),
         "weights_stay_positive": g["fraction_evals_with_negative_weight"] == 0.0,
-        "beats_equal_on_sum_ratio": (None if eq is None else
-                                     bool(g["final_sum_ratio"] < eq["final_sum_ratio"])),
+        "vs": {}, "vs_ci": {},
     }
+    sg = np.asarray(g["final_sum_ratio_per_seed"])
+    for b, e in methods.items():
+      if b == "gradnorm":
+        continue
+      c = _report.compare(sg, np.asarray(e["final_sum_ratio_per_seed"]), higher_is_better=False)
+      v["vs"][b] = c["verdict"] if v["any_progress"] else None
+      v["vs_ci"][b] = [c["ci_low"], c["ci_high"]]
   return out
 
 
@@ -98,10 +130,25 @@ def answer_text(summary: dict) -> str:
           f"w(σ={max(sig):g}) = {e['final_weight_large_sigma']:.3f}; "
           f"L/L0 of σ={min(sig):g} task = {e['final_task_ratio'][int(np.argmin(sig))]:.3f}")
     v = summary["verdicts"].get(t)
-    if v:
-      lines.append(f"    -> GradNorm raises the small-σ weight: {v['raises_small_sigma_weight']}; "
-                   f"stable: {v['stable']}; weights stay positive: {v['weights_stay_positive']}; "
-                   f"lower Σ L_i/L_i(0) than equal weights: {v['beats_equal_on_sum_ratio']}")
+    if v is None:
+      continue
+    if not v["any_progress"]:
+      lines.append(f"    -> no method moved Σ L_i/L_i(0) below its start ({len(sig)}) with 95% "
+                   "confidence: nothing to compare; train longer.")
+    if "vs" not in v:
+      continue
+    lines.append(f"    -> GradNorm raises the small-σ weight: {v['raises_small_sigma_weight']}; "
+                 f"moves the weights away from 1: {v['moves_weights']}; stable: {v['stable']}; "
+                 f"weights stay positive: {v['weights_stay_positive']}")
+    if v["any_progress"]:
+      g = methods["gradnorm"]["final_sum_ratio"]
+      for b, verdict in v["vs"].items():
+        lo, hi = v["vs_ci"][b]
+        word = {"better": "lower (better)", "worse": "higher (worse)",
+                "tie": "no significant difference"}[verdict]
+        lines.append(f"    -> GradNorm vs {b}: Σ L_i/L_i(0) {g:.3f} vs "
+                     f"{methods[b]['final_sum_ratio']:.3f}, difference 95% CI "
+                     f"[{_report.fmt(lo, '+.3f')}, {_report.fmt(hi, '+.3f')}]: {word}")
   return "\n".join(lines)
 
 
@@ -145,32 +192,42 @@ def plot_weights(path: Path, results: dict, sigmas: dict, args) -> None:
   """Task weights over time (median over seeds), one row per T, one column per method."""
   ts = sorted({t for t, _ in results})
   names = [n for n in args.methods if n != "equal"] or list(args.methods)
-  fig, axes = plt.subplots(len(ts), len(names), figsize=(5.5 * len(names), 3.8 * len(ts)),
-                           squeeze=False)
+  fig, axes = plt.subplots(len(ts), len(names), figsize=(5.5 * len(names) + 1.2, 3.8 * len(ts)),
+                           squeeze=False, layout="constrained")
   cmap = plt.get_cmap("viridis")
   for i, t in enumerate(ts):
     sig = np.asarray(sigmas[t])
     lo, hi = np.log(sig.min()), np.log(sig.max())
+    norm = plt.Normalize(lo, hi if hi > lo else lo + 1)
     for j, name in enumerate(names):
       ax = axes[i, j]
       w = results[(t, name)]["weights"]
       w = w * t / w.sum(-1, keepdims=True)
+      med = np.median(w, axis=0)  # [evals, T]: what is drawn
       steps = np.arange(w.shape[1]) * args.eval_every
       for k in range(t):
-        c = cmap(0.0 if hi == lo else (np.log(sig[k]) - lo) / (hi - lo))
-        ax.plot(steps, np.median(w[:, :, k], axis=0), color=c, lw=1.6, label=f"σ={sig[k]:.3g}")
+        ax.plot(steps, med[:, k], color=cmap(norm(np.log(sig[k]))), lw=1.6,
+                label=f"σ={sig[k]:.3g}")
       ax.axhline(1.0, color="k", lw=0.8, ls=":")
-      # Log scale unless a weight went negative (GradNorm does not keep w > 0).
-      if np.all(w > 0):
+      # The scale follows the values drawn: log while every median weight is positive,
+      # otherwise symlog clipped to the drawn range (no half-axis of values that never occur).
+      if np.all(med > 0):
         ax.set_yscale("log")
       else:
         ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_ylim(med.min() * 1.2, med.max() * 1.5)
       ax.set(title=f"{name}, T={t}", xlabel="step", ylabel="weight (normalised: Σ w = T)")
       ax.grid(alpha=0.3)
-      ax.legend(fontsize=7, ncol=2 if t > 4 else 1, loc="best")
+      if t <= 4:
+        ax.legend(fontsize=7, loc="best")
+    if t > 4:  # one colour bar per row instead of a legend that would hide the curves
+      sm = plt.cm.ScalarMappable(cmap=cmap, norm=norm)
+      cb = fig.colorbar(sm, ax=axes[i, :], shrink=0.9)
+      ticks = np.log(sig[:: max(1, t // 5)])
+      cb.set_ticks(ticks, labels=[f"{np.exp(v):.3g}" for v in ticks])
+      cb.set_label(f"task σ (T={t})")
   fig.suptitle("Task weights over time (median over seeds; dotted: equal weights = 1)",
                fontsize=11)
-  fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -249,7 +306,11 @@ def summary_markdown(summary: dict, args) -> str:
       "coefficients `½e^{-s}` are rescaled). 'Final' is the mean over the last 10% of "
       f"evaluations (every {args.eval_every} steps), averaged over seeds. 'Stable' in the "
       "answer means finite throughout and a coefficient of variation of the small-σ task's "
-      "weight below 0.2 over the second half of training.",
+      "weight below 0.2 over the second half of training. Every other 'True' and every "
+      "'lower (better)' / 'higher (worse)' needs the 95% t-interval over seeds (sample "
+      "std/√n, Student's t) of the paired per-seed difference to exclude 0; otherwise the "
+      "answer is False / no significant difference. Comparisons are only made when some "
+      "method moved Σ L_i/L_i(0) below its start T.",
       "",
   ]
   for t, methods in summary["analysis"].items():
@@ -267,3 +328,7 @@ def summary_markdown(summary: dict, args) -> str:
       "",
   ]
   return "\n".join(md)
+
+
+if __name__ == "__main__":
+  _report.refuse_direct_run(__doc__, "gradnorm_synthetic.py")

@@ -175,6 +175,16 @@ def per_class_recall(labels: jax.Array, preds: jax.Array, num_classes: int) -> j
   return jnp.where(total > 0, hits / jnp.maximum(total, 1), jnp.nan)
 
 
+def ldam_mean(weighted_losses: jax.Array, example_weights: jax.Array) -> jax.Array:
+  """LDAM-DRW's batch loss: ``Σ_i w_{y_i} l_i / Σ_i w_{y_i}``, PyTorch's weighted mean.
+
+  ``weighted_losses`` are the per-example ``w_{y_i} l_i`` (``ldam_loss`` with
+  ``class_weights``), ``example_weights`` the ``w_{y_i}``; the reference code
+  (``F.cross_entropy(..., weight=w)``, mean reduction) divides by the weights' sum.
+  """
+  return jnp.sum(weighted_losses) / jnp.sum(example_weights)
+
+
 def loss_branches(args: argparse.Namespace) -> list[Callable]:
   """One ``(hp, logits, labels, ghm_state, step, counts) -> (mean loss, ghm_state)`` per loss.
 
@@ -203,8 +213,12 @@ def loss_branches(args: argparse.Namespace) -> list[Callable]:
   def ldam(hp, z, y, s, t, n):
     on = (hp["drw"] > 0) & (t >= drw_step)
     w = jnp.where(on, L.class_balanced_weights(n, beta=args.drw_beta), jnp.ones_like(n))
-    return L.ldam_loss(z, y, class_counts=n, max_margin=hp["max_margin"],
-                       scale=args.ldam_scale, class_weights=w).mean(), s
+    per = L.ldam_loss(z, y, class_counts=n, max_margin=hp["max_margin"],
+                      scale=args.ldam_scale, class_weights=w)
+    # The reference code's F.cross_entropy(weight=w) is a weighted mean: Σ w_y l / Σ w_y (a
+    # plain mean would shrink the loss by the mean weight when DRW starts). Equal to the
+    # mean while w = 1.
+    return ldam_mean(per, w[y]), s
 
   def la(hp, z, y, s, t, n):
     return L.logit_adjusted_cross_entropy(z, y, class_priors=n / n.sum(),

@@ -117,3 +117,9 @@ def plot_curves(path: Path, arrays: dict, args: Any) -> None:
   fig.suptitle("Training curves of the picked settings (mean over seeds, band: min–max)")
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+if __name__ == "__main__":
+  import _report
+
+  _report.refuse_direct_run(__doc__, "imbalance.py")

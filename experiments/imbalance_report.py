@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import itertools
-import math
 from pathlib import Path
 from typing import Any
 
+import _report
 import numpy as np
 
 from weightax.runs import write_json
@@ -77,29 +77,9 @@ def analyse_loss(name: str, res, ratio_index: int, own: list[str], head: list[in
   }
 
 
-def _stats(x: np.ndarray) -> dict[str, Any]:
-  x = np.asarray(x, np.float64)
-  std = float(x.std(ddof=1)) if x.size > 1 else 0.0
-  return {"mean": float(x.mean()), "std": std, "n": int(x.size), "per_seed": x.tolist()}
-
-
-def verdict(diff: dict[str, Any]) -> str:
-  """'better' / 'worse' when the 95% t-interval of the paired mean difference excludes 0.
-
-  ``diff`` holds the mean, standard deviation and number ``n`` of per-seed differences;
-  with fewer than 2 seeds there is no interval and the answer is 'tie'.
-  """
-  n = diff["n"]
-  if n < 2:
-    return "tie"
-  from scipy import stats  # a dependency of scikit-learn, which the digits need
-
-  half = float(stats.t.ppf(0.975, n - 1)) * diff["std"] / math.sqrt(n)
-  if diff["mean"] - half > 0:
-    return "better"
-  if diff["mean"] + half < 0:
-    return "worse"
-  return "tie"
+_stats = _report.describe
+# 'better' / 'worse' when the 95% t-interval of the paired per-seed differences excludes 0.
+verdict = _report.verdict
 
 
 def summarise_ratio(i: int, results: dict, data, own: dict, args) -> tuple[dict, dict]:
@@ -108,6 +88,7 @@ def summarise_ratio(i: int, results: dict, data, own: dict, args) -> tuple[dict,
   head, tail = head_tail_classes(counts, args.head_tail_k)
   arrays = {n: analyse_loss(n, res, i, own[n], head, tail) for n, res in results.items()}
   ce_bal = arrays["ce"]["balanced_accuracy"][0]
+  ce_tail = arrays["ce"]["tail_recall"][0]
   early = early_eval(args)
   ce_early = arrays["ce"]["curve_balanced_accuracy"][0, :, early]
   losses = {}
@@ -122,6 +103,8 @@ def summarise_ratio(i: int, results: dict, data, own: dict, args) -> tuple[dict,
           "tail_recall": _stats(a["tail_recall"][j]),
           "val_balanced_accuracy": _stats(a["val_balanced_accuracy"][j]),
           "diff_vs_ce": diff, "verdict": "baseline" if name == "ce" else verdict(diff),
+          "tail_diff_vs_ce": (tail := _stats(a["tail_recall"][j] - ce_tail)),
+          "tail_verdict": "baseline" if name == "ce" else verdict(tail),
           "early_test_balanced_accuracy": _stats(a["curve_balanced_accuracy"][j, :, early]),
           "early_diff_vs_ce": _stats(a["curve_balanced_accuracy"][j, :, early] - ce_early),
       })
@@ -157,7 +140,8 @@ def answer_text(summary: dict) -> str:
       d = b["diff_vs_ce"]
       lines.append(f"    {n:>13} ({b['label']}): {_pp(b['test_balanced_accuracy']['mean'])}, "
                    f"{_pp(d['mean'], True)} ± {_pp(d['std'])} pp vs CE -> {b['verdict']}; "
-                   f"tail {_pp(b['tail_recall']['mean'])}, head {_pp(b['head_recall']['mean'])}")
+                   f"tail {_pp(b['tail_recall']['mean'])} -> {b['tail_verdict']}, "
+                   f"head {_pp(b['head_recall']['mean'])}")
   return "\n".join(lines)
 
 
@@ -256,8 +240,9 @@ def summary_markdown(summary: dict, args) -> str:
       answer_text(summary),
       "```",
       "",
-      "'better' / 'worse': the 95% t-interval (over seeds) of the paired difference to CE "
-      "excludes 0; otherwise 'tie'. Seeds vary the initialisation and minibatches only: "
+      "'better' / 'worse' (of balanced accuracy, and of tail recall after the arrow): the "
+      "95% t-interval (over seeds; sample std/√n, Student's t) of the paired difference to "
+      "CE excludes 0; otherwise 'tie'. Seeds vary the initialisation and minibatches only: "
       f"every run is scored on the same {10 * held} test digits ({held} per class; one "
       f"digit is {100 / held:.1f} pp of its class's recall, {10 / held:.2f} pp of balanced "
       "accuracy), whose own sampling noise the interval does not include, so read gaps of "
@@ -289,10 +274,13 @@ def summary_markdown(summary: dict, args) -> str:
         f"- Better than CE: {group('better')}.",
         f"- Tie with CE: {group('tie')}.",
         f"- Worse than CE (plain CE wins): {group('worse')}.",
+        "- Higher tail recall than CE (its own interval excludes 0): "
+        + (", ".join(n for n in losses if n != "ce" and losses[n]["best"]["tail_verdict"]
+                     == "better") or "none") + ".",
         "",
         "| loss | setting | test balanced acc. % | Δ vs CE (pp) | head recall % | "
-        "tail recall % | val. balanced acc. % | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "tail recall % | val. balanced acc. % | verdict | tail-recall verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in losses.items():
       for row in e["settings"]:
@@ -302,7 +290,8 @@ def summary_markdown(summary: dict, args) -> str:
                   f"{_ms(row['test_balanced_accuracy'])} | "
                   f"{'—' if name == 'ce' else _pp(d['mean'], True) + ' ± ' + _pp(d['std'])} | "
                   f"{_ms(row['head_recall'])} | {_ms(row['tail_recall'])} | "
-                  f"{_pp(row['val_balanced_accuracy']['mean'])} | {row['verdict']} |")
+                  f"{_pp(row['val_balanced_accuracy']['mean'])} | {row['verdict']} | "
+                  f"{row['tail_verdict']} |")
     md.append("")
   md += [
       "## Early in training vs at the end",
@@ -340,7 +329,9 @@ def summary_markdown(summary: dict, args) -> str:
       f"- LDAM uses a cosine head (normalised features and class weights, scale s = "
       f"{args.ldam_scale:g}) as in the paper; `margin=0` is that head with plain CE, which "
       "separates the head's effect from the margins'. DRW switches on class-balanced weights "
-      f"(β = {args.drw_beta:g}) for the last {100 * (1 - args.drw_start):.0f}% of the steps."
+      f"(β = {args.drw_beta:g}) for the last {100 * (1 - args.drw_start):.0f}% of the steps, "
+      "and the batch loss is then the weighted mean `Σ w_y·l / Σ w_y` of the reference code "
+      "(`F.cross_entropy(weight=...)`), not a plain mean."
       + ldam_note(summary),
       "- Class-balanced weights sum to C, so the mean weight per example is below 1; Adam is "
       "nearly invariant to that overall scale (see the loss-scale study), so it does not act "
@@ -362,3 +353,7 @@ def summary_markdown(summary: dict, args) -> str:
       "",
   ]
   return "\n".join(md)
+
+
+if __name__ == "__main__":
+  _report.refuse_direct_run(__doc__, "imbalance.py")

@@ -106,3 +106,9 @@ def plot_decay(path: Path, curves, norms, ws, names) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+if __name__ == "__main__":
+  import _report
+
+  _report.refuse_direct_run(__doc__, "loss_scale.py")

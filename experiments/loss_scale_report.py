@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import _report
 import numpy as np
 
 from weightax.runs import write_json
 
 ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
-SPREAD_RANGE = (1e-2, 10.0)
+SPREAD_RANGE = (1e-2, 10.0)  # the spread is taken over the w of the grid inside this range
+TOL = 0.25  # "invariant": every w needs within ±25% of the steps at the reference w
+SLOPE_BAND = 0.15  # "steps ∝ 1/w": the slope's interval lies within -1 ± this (issue 2's bar)
 
 
 def steps_to_target(curve: np.ndarray, eval_every: int, target: float) -> float:
@@ -40,10 +43,26 @@ def loglog_slope(w: np.ndarray, steps: np.ndarray) -> float:
   return float(np.polyfit(np.log(w[ok]), np.log(steps[ok]), 1)[0])
 
 
-def analyse(steps: np.ndarray, ws: np.ndarray, names: list[str], tol: float = 0.25) -> dict:
-  """Per-optimizer numbers from ``steps[opt, w, seed]``."""
+def reference_mask(ws: np.ndarray) -> np.ndarray:
+  """The reference w of the invariance test: those >= 1, or the largest w if none is."""
+  ref = ws >= 1.0 - 1e-6
+  return ref if ref.any() else ws == ws.max()
+
+
+def spread_mask(ws: np.ndarray) -> np.ndarray:
+  """The w of the grid inside ``SPREAD_RANGE`` (the spread's range label comes from these)."""
+  return (ws >= SPREAD_RANGE[0] * (1 - 1e-6)) & (ws <= SPREAD_RANGE[1] * (1 + 1e-6))
+
+
+def analyse(steps: np.ndarray, ws: np.ndarray, names: list[str], tol: float = TOL) -> dict:
+  """Per-optimizer numbers from ``steps[opt, w, seed]``.
+
+  Besides the median slope and the spread, each entry holds the t-interval of the
+  per-seed slopes (``slope_ci``) and the verdict that follows from the numbers
+  (:func:`classify`), so the answer can never contradict the table.
+  """
   out = {}
-  in_range = (ws >= SPREAD_RANGE[0] * (1 - 1e-6)) & (ws <= SPREAD_RANGE[1] * (1 + 1e-6))
+  in_range = spread_mask(ws)
   for o, name in enumerate(names):
     s = steps[o]  # [w, seed]
     med = np.median(s, axis=1)  # NaN where any seed failed: such a w does not count as reached
@@ -53,26 +72,74 @@ def analyse(steps: np.ndarray, ws: np.ndarray, names: list[str], tol: float = 0.
     spread = float(r.max() / r.min()) if r.size >= 2 and r.min() > 0 else math.nan
     entry = {
         "slope": float(np.nanmedian(slopes)) if np.isfinite(slopes).any() else math.nan,
+        "slope_per_seed": slopes.tolist(),
+        "slope_ci": list(_report.t_interval(slopes)),
         "slope_min": float(np.nanmin(slopes)) if np.isfinite(slopes).any() else math.nan,
         "slope_max": float(np.nanmax(slopes)) if np.isfinite(slopes).any() else math.nan,
         "spread": spread,
         "w_reached": ws[reached].tolist(),
         "w_unreached_in_spread_range": ws[in_range & ~reached].tolist(),
         "median_steps": med.tolist(),
+        "spread_range": _report.range_label(ws[in_range]),
+        "reference_range": _report.range_label(ws[reference_mask(ws)]),
     }
     if name in ADAPTIVE:
       entry["w_invariant_down_to"] = invariant_down_to(med, ws, tol)
+    entry["verdict"], entry["verdict_text"] = classify(name, entry, ws, tol)
     out[name] = entry
   return out
 
 
-def invariant_down_to(med: np.ndarray, ws: np.ndarray, tol: float) -> float:
-  """Smallest w such that every w' ≥ w needs within ±tol of the steps at w ∈ [1, 10].
+def classify(name: str, e: dict, ws: np.ndarray, tol: float = TOL) -> tuple[str, str]:
+  """The verdict on one optimizer, decided from its numbers only: ``(code, sentence)``.
 
-  NaN when even the reference range is not reached or not invariant.
+  Adaptive optimizers: ``"invariant"`` when every w of the grid needs within ±tol of the
+  steps at the reference w, ``"invariant_down_to"`` when that holds from some w upward,
+  ``"not_invariant"`` when the steps at the reference w are reached but already the
+  next smaller w leaves the band, and ``"unreached"`` when the reference is not reached.
+  The others: ``"slower"`` when the t-interval of the per-seed slopes lies below 0, with
+  ``"proportional"`` instead when it lies within ``-1 ± SLOPE_BAND``; ``"faster"`` when above 0;
+  ``"no_evidence"`` otherwise (including fewer than 2 seeds with a slope).
   """
-  ref_mask = ws >= 1.0 - 1e-6
-  ref = np.median(med[ref_mask])
+  grid = _report.range_label(ws)
+  if name in ADAPTIVE:
+    inv = e.get("w_invariant_down_to", math.nan)
+    ref = e["reference_range"]
+    if not np.isfinite(inv):
+      reached = np.isfinite(np.asarray(e["median_steps"])[reference_mask(ws)]).all()
+      if not reached:
+        return "unreached", f"does not reach the target at the reference w in {ref}"
+      return "not_invariant", (f"NOT invariant: steps leave ±{tol:.0%} of those at w in {ref} "
+                               "already within that range")
+    if inv <= ws.min() * (1 + 1e-6):
+      return "invariant", (f"invariant over the whole grid run, w in {grid}: every w needs "
+                           f"within ±{tol:.0%} of the steps at w in {ref}")
+    return "invariant_down_to", (f"steps within ±{tol:.0%} of those at w in {ref} for every "
+                                 f"w >= {_report.fmt(inv)}; slower below")
+  lo, hi = e["slope_ci"]
+  ci = f"95% CI of the slope [{_report.fmt(lo, '+.2f')}, {_report.fmt(hi, '+.2f')}]"
+  if hi < 0:
+    extra = (" and the coupled L2 term takes over (see the decay table)" if name == "sgd+l2"
+             else "")
+    if -1 - SLOPE_BAND <= lo and hi <= -1 + SLOPE_BAND:
+      return "proportional", (f"w acts as a learning-rate multiplier: smaller w, "
+                              f"proportionally slower ({ci}){extra}")
+    if lo <= -1 <= hi:
+      return "slower", (f"slower as w shrinks; consistent with steps ∝ 1/w, but the interval "
+                        f"is too wide to confirm it ({ci}){extra}")
+    return "slower", f"slower as w shrinks, but not proportionally ({ci}){extra}"
+  if lo > 0:
+    return "faster", f"faster as w shrinks ({ci})"
+  return "no_evidence", f"no significant dependence of the steps on w ({ci})"
+
+
+def invariant_down_to(med: np.ndarray, ws: np.ndarray, tol: float) -> float:
+  """Smallest w such that every w' ≥ w needs within ±tol of the steps at the reference w.
+
+  The reference is :func:`reference_mask` (w >= 1, or the largest w of the grid). NaN
+  when even the reference range is not reached or not invariant.
+  """
+  ref = np.median(med[reference_mask(ws)])
   if not np.isfinite(ref) or ref <= 0:
     return math.nan
   ok = np.isfinite(med) & (np.abs(med / ref - 1.0) <= tol)
@@ -84,8 +151,7 @@ def invariant_down_to(med: np.ndarray, ws: np.ndarray, tol: float) -> float:
   return w_inv
 
 
-def _fmt(x: float, spec: str = ".3g") -> str:
-  return "—" if x is None or not np.isfinite(x) else format(x, spec)
+_fmt = _report.fmt
 
 
 def answer_text(summary: dict) -> str:
@@ -96,15 +162,8 @@ def answer_text(summary: dict) -> str:
     spread = _fmt(e["spread"], ".2f") + "x"
     if e["w_unreached_in_spread_range"]:
       spread = f"> {spread} ({len(e['w_unreached_in_spread_range'])} w never reach the target)"
-    if name in ADAPTIVE:
-      inv = e.get("w_invariant_down_to")
-      verdict = (f"steps change little with w down to w ≈ {_fmt(inv)}" if inv is not None
-                 and np.isfinite(inv) and inv < 1 else "NOT invariant to w in this range")
-    elif name == "sgd+l2":
-      verdict = "slower as w shrinks, and the coupled L2 term takes over (see the decay table)"
-    else:
-      verdict = "w acts as a learning-rate multiplier: smaller w, proportionally slower"
-    lines.append(f"  {name:>13}: slope {slope}, spread over w in [1e-2, 10] {spread}: {verdict}")
+    lines.append(f"  {name:>13}: slope {slope}, spread over w in {e['spread_range']} {spread}: "
+                 f"{e['verdict_text']}")
   return "\n".join(lines)
 
 
@@ -172,8 +231,9 @@ def summary_markdown(summary: dict, args) -> str:
       "```",
       "",
       "| optimizer | lr | slope of log steps vs log w (median [min, max] over seeds) | "
-      "spread of steps over w in [1e-2, 10] | invariant down to w | w that reach the target |",
-      "|---|---|---|---|---|---|",
+      "95% CI of the slope | spread of steps over w in the range | invariant down to w | "
+      "w that reach the target | verdict |",
+      "|---|---|---|---|---|---|---|---|",
   ]
   for name, e in opt.items():
     lr = getattr(args, f"lr_{name.replace('+', '_')}")
@@ -182,15 +242,21 @@ def summary_markdown(summary: dict, args) -> str:
     rr = f"{len(reached)}/{len(ws)}"
     if reached:
       rr += f" ({min(reached):.0e}…{max(reached):g})"
+    lo, hi = e["slope_ci"]
     md.append(f"| {name} | {lr:g} | {_fmt(e['slope'], '+.2f')} [{_fmt(e['slope_min'], '+.2f')}, "
-              f"{_fmt(e['slope_max'], '+.2f')}] | {_fmt(e['spread'], '.2f')}x | {inv} | {rr} |")
+              f"{_fmt(e['slope_max'], '+.2f')}] | [{_fmt(lo, '+.2f')}, {_fmt(hi, '+.2f')}] | "
+              f"{_fmt(e['spread'], '.2f')}x over {e['spread_range']} | {inv} | {rr} | "
+              f"{e['verdict']} |")
   md += [
       "",
       "Reading the table: a slope of -1 means halving w doubles the steps (w is a learning-rate "
-      "multiplier); a slope near 0 and a spread near 1x mean w does not matter. The spread is "
-      "the largest over the smallest median step count among the w in [1e-2, 10] that reach "
+      "multiplier); a slope near 0 and a spread near 1x mean w does not matter. The slope's "
+      "95% CI is the t-interval over seeds (sample std/√n, Student's t); 'slower' needs it "
+      f"below 0, 'proportional' within -1 ± {SLOPE_BAND:g}. The spread is the largest over "
+      "the smallest median step count among the w of the grid in the range shown that reach "
       "the target. 'Invariant down to w' is the smallest w from which upward every w needs "
-      "within ±25% of the steps needed at w in [1, 10].",
+      f"within ±{TOL:.0%} of the steps needed at w in "
+      f"{next(iter(opt.values()))['reference_range']}.",
       "",
       "## What happens below the invariant range",
       "",
@@ -229,3 +295,7 @@ def summary_markdown(summary: dict, args) -> str:
       "",
   ]
   return "\n".join(md)
+
+
+if __name__ == "__main__":
+  _report.refuse_direct_run(__doc__, "loss_scale.py")

@@ -4,7 +4,8 @@
 Reproduces the toy of CAGrad (Liu et al. 2021, Fig. 1), Nash-MTL (Navon et al.
 2022, Fig. 1) and FAMO (Liu et al. 2023, Fig. 1): a point ``x = (x1, x2)`` is
 trained on two conflicting losses (``weightax.datasets.toy``) from five
-starting points, with Adam (lr 1e-3) after each aggregator. The Pareto set is
+starting points (those of Nash-MTL and FAMO; ``--starts cagrad`` runs CAGrad's three),
+with Adam (lr 1e-3) after each aggregator. The Pareto set is
 ``x2 ≈ -8.3552, x1 ∈ [-7, 7]``. The papers report that linear scalarization,
 PCGrad and MGDA end at the edges or away from the set from some starts (LS
 and PCGrad stall in the steep valley where one gradient dominates, MGDA stops
@@ -14,10 +15,10 @@ the interior from every start.
 Each method is ONE compiled, vmapped run over the five starts
 (``weightax.sweep`` over a start index); methods have different state types, so
 they are looped over in Python. The papers train 35k-100k steps; the default
-is the low end, 35k, which keeps the whole study within a few minutes on two
-CPU cores (each method's five runs take seconds; the solver-based methods
-take longest). Pass ``--steps 100000`` for the longest published budget, or
-fewer steps for a faster look.
+is CAGrad's 100k: at 35k steps CAGrad has not yet reached the set from the
+starts (-8.5, 7.5) and (9, 9), which it first reaches after about 40k-80k
+steps (the report measures the first step on the set of every run). Each
+method's five runs take seconds; pass fewer ``--steps`` for a faster look.
 
 Run ``python experiments/toy_two_objective.py --help`` for every option.
 """
@@ -44,6 +45,13 @@ import weightax as wx  # noqa: E402
 from weightax.datasets.toy import STARTS, toy_losses  # noqa: E402
 from weightax.runs import new_run_dir  # noqa: E402
 
+# The starting points of each paper's figure: Nash-MTL's and FAMO's five, CAGrad's three
+# (Liu et al. 2021, Fig. 1 and their toy script).
+START_SETS = {
+    "nash": np.asarray(STARTS, np.float32),
+    "cagrad": np.array([[-8.5, 7.5], [-8.5, -5.0], [9.0, 9.0]], np.float32),
+}
+
 # short name -> (factory in weightax.aggregators, needs positive losses?)
 METHODS = {
     "ls": ("linear_scalarization", False),
@@ -67,8 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   p.add_argument("--out", default=None,
                  help="output directory (default: runs/toy_two_objective/<UTC time>)")
-  p.add_argument("--steps", type=int, default=35000,
-                 help="Adam steps per run (the papers use 35k-100k)")
+  p.add_argument("--steps", type=int, default=100000,
+                 help="Adam steps per run (the papers use 35k-100k; CAGrad's toy 100k)")
+  p.add_argument("--starts", choices=tuple(START_SETS), default="nash",
+                 help="starting points: Nash-MTL's and FAMO's five, or CAGrad's three")
   p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
   p.add_argument("--record", type=int, default=400,
                  help="at most this many trajectory points kept per run")
@@ -80,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "unchanged")
   p.add_argument("--methods", default=",".join(METHODS),
                  help="comma-separated subset of methods")
-  p.add_argument("--cagrad-c", type=float, default=0.4, help="CAGrad's c (Nash-MTL's code: 0.4)")
+  p.add_argument("--cagrad-c", type=float, default=0.4,
+                 help="CAGrad's c (Nash-MTL's code: 0.4; CAGrad's toy: 0.5)")
   p.add_argument("--gradnorm-alpha", type=float, default=1.5, help="GradNorm's α")
   p.add_argument("--dwa-period", type=int, default=25,
                  help="DWA's period in steps (Nash-MTL's code uses a 25-step window)")
@@ -109,6 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   while args.steps % every:
     every += 1
   args.record_every, args.record = every, args.steps // every
+  args.start_points = START_SETS[args.starts]
   return args
 
 
@@ -146,7 +158,7 @@ def make_train(name: str, args: argparse.Namespace):
   agg = find_factory(name)(**method_kwargs(name, args))
   tx = optax.chain(agg, optax.adam(args.lr))
   offset = args.loss_offset if METHODS[name][1] else 0.0
-  starts = jnp.asarray(STARTS)
+  starts = jnp.asarray(args.start_points)
   losses_fn = lambda x: toy_losses(x, l1_scale=args.l1_scale)
   vjac = wx.value_and_jacobian(losses_fn)
 
@@ -174,7 +186,7 @@ def make_train(name: str, args: argparse.Namespace):
 def run_methods(args: argparse.Namespace) -> tuple[dict, dict]:
   """Runs every available method; returns ``(results, skipped)``.
 
-  ``results[name]`` holds ``x [5, T+1, 2]``, ``losses [5, T+1, 2]`` and the
+  ``results[name]`` holds ``x [S, T+1, 2]``, ``losses [S, T+1, 2]`` (S starts) and the
   wall time; ``skipped[name]`` says why a method did not run.
   """
   results, skipped = {}, {}
@@ -186,8 +198,8 @@ def run_methods(args: argparse.Namespace) -> tuple[dict, dict]:
       continue
     t0 = time.perf_counter()
     try:
-      res = wx.sweep(make_train(name, args), {"start": list(range(len(STARTS)))}, seeds=[0],
-                     progress=False, desc=name)
+      res = wx.sweep(make_train(name, args), {"start": list(range(len(args.start_points)))},
+                     seeds=[0], progress=False, desc=name)
     except Exception as e:  # noqa: BLE001 - one broken method must not sink the study
       skipped[name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
       print(f"toy: {name} failed: {skipped[name]}", flush=True)
@@ -202,7 +214,7 @@ def run_methods(args: argparse.Namespace) -> tuple[dict, dict]:
 def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
   out = new_run_dir("toy_two_objective", args.out)
-  print(f"toy_two_objective: {len(args.methods)} methods x {len(STARTS)} starts, "
+  print(f"toy_two_objective: {len(args.methods)} methods x {len(args.start_points)} starts, "
         f"{args.steps} Adam steps (lr {args.lr}), L1 scale {args.l1_scale} ...", flush=True)
   t0 = time.perf_counter()
   results, skipped = run_methods(args)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -35,6 +36,54 @@ def test_slope_and_invariance_on_synthetic_steps():
   assert out["sgd"]["slope"] == pytest.approx(-1.0, abs=1e-9)
   assert out["adam"]["spread"] == pytest.approx(1.0)
   assert out["adam"]["w_invariant_down_to"] == pytest.approx(1e-4)
+  assert out["adam"]["verdict"] == "invariant_down_to"
+  # the spread's range label names the grid's w inside [1e-2, 10], not a typed-in range
+  assert out["adam"]["spread_range"] == f"[{ws[ws >= 1e-2 - 1e-9].min():g}, 10]"
+
+
+def _steps_with_slopes(ws, slopes):
+  """steps[1, w, seed] = 100·w^slope_seed (exact per-seed slopes)."""
+  return np.stack([100.0 * ws ** s for s in slopes], axis=-1)[None]
+
+
+def test_sgd_verdict_needs_the_slope_interval():
+  ws = np.logspace(0, 1, 4)
+  # two seeds at -1 ± d: the interval is -1 ± t(0.975, 1)·d·√2/√2 = -1 ± 12.71·d
+  t1 = stats.t.ppf(0.975, 1)
+  e = report.analyse(_steps_with_slopes(ws, [-0.99, -1.01]), ws, ["sgd"])["sgd"]
+  lo, hi = e["slope_ci"]
+  assert lo == pytest.approx(-1 - t1 * 0.01, rel=1e-6) and hi == pytest.approx(-1 + t1 * 0.01)
+  assert e["verdict"] == "proportional"  # 12.7·0.01 = 0.127 < 0.15
+  e = report.analyse(_steps_with_slopes(ws, [-0.98, -1.02]), ws, ["sgd"])["sgd"]
+  assert e["verdict"] == "slower"  # interval ±0.25: slower, but ∝ 1/w not confirmed
+  assert "too wide" in e["verdict_text"]
+  e = report.analyse(_steps_with_slopes(ws, [-0.5, 0.3]), ws, ["sgd"])["sgd"]
+  assert e["verdict"] == "no_evidence"
+  e = report.analyse(_steps_with_slopes(ws, [-0.5, -0.52, -0.48]), ws, ["sgd"])["sgd"]
+  assert e["verdict"] == "slower" and "not proportionally" in e["verdict_text"]
+  # one seed: no interval, no claim
+  e = report.analyse(_steps_with_slopes(ws, [-1.0]), ws, ["sgd"])["sgd"]
+  assert e["verdict"] == "no_evidence"
+
+
+def test_adaptive_verdict_follows_the_spread_on_the_grid_run():
+  # The quick grid: w in [1, 10] and flat steps. It used to print "NOT invariant" next to
+  # a spread of 1.00x because it only accepted invariance down to some w < 1.
+  ws = np.logspace(0, 1, 4)
+  flat = np.full((1, 4, 2), 120.0)
+  e = report.analyse(flat, ws, ["adam"])["adam"]
+  assert e["spread"] == pytest.approx(1.0) and e["verdict"] == "invariant"
+  assert e["spread_range"] == "[1, 10]" and "[1, 10]" in e["verdict_text"]
+  text = report.answer_text({"optimizers": {"adam": e}})
+  assert "NOT" not in text and "[1e-2, 10]" not in text and "[1, 10]" in text
+  # steps that double across the reference range are not invariant, and say so
+  e = report.analyse(120.0 * np.stack([ws ** -0.5] * 2, -1)[None], ws, ["adam"])["adam"]
+  assert e["verdict"] == "not_invariant" and "NOT" in e["verdict_text"]
+  # the reference is the largest w when the grid has no w >= 1
+  small = np.logspace(-3, -1, 3)
+  e = report.analyse(np.full((1, 3, 2), 50.0), small, ["adam"])["adam"]
+  assert e["reference_range"] == "[0.1, 0.1]" and e["verdict"] == "invariant"
+  assert e["spread_range"] == "[0.01, 0.1]"
 
 
 def test_quick_run_end_to_end(tmp_path):
@@ -43,6 +92,12 @@ def test_quick_run_end_to_end(tmp_path):
   sgd, adam = summary["optimizers"]["sgd"], summary["optimizers"]["adam"]
   assert -1.3 <= sgd["slope"] <= -0.7, sgd
   assert adam["spread"] <= 1.2, adam
+  # what the answer claims follows the numbers: SGD is slower with a slope interval below 0
+  # and Adam is invariant over the quick grid
+  assert sgd["verdict"] in ("proportional", "slower") and sgd["slope_ci"][1] < 0, sgd
+  assert adam["verdict"] == "invariant", adam
+  answer = report.answer_text(summary)
+  assert "NOT invariant" not in answer and "[1e-2, 10]" not in answer
   for name in ("summary.md", "summary.json", "results.csv", "curves.csv", "steps_vs_w.png",
                "loss_curves.png", "decay.png"):
     assert (out / name).stat().st_size > 0, name
@@ -60,3 +115,15 @@ def test_help_lists_every_option():
   for opt in ("--w-min", "--num-w", "--seeds", "--steps", "--target", "--l2", "--quick",
               "--lr-sgd-momentum", "--out", "default:"):
     assert opt in text, opt
+
+
+@pytest.mark.slow
+def test_default_run_meets_the_published_bars(tmp_path):
+  """The default study (about a minute alone on two cores): issue 2's bars and verdicts."""
+  summary = study.main(["--out", str(tmp_path / "run")])
+  sgd, adam = summary["optimizers"]["sgd"], summary["optimizers"]["adam"]
+  assert -1.15 <= sgd["slope"] <= -0.85, sgd
+  assert sgd["verdict"] in ("proportional", "slower") and sgd["slope_ci"][1] < 0, sgd
+  assert adam["spread"] <= 1.2, adam
+  assert adam["verdict"] in ("invariant", "invariant_down_to"), adam
+  assert adam["spread_range"] == "[0.01, 10]"

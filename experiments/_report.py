@@ -1,0 +1,171 @@
+"""Statistics, verdicts and formatting shared by every study in ``experiments/``.
+
+One place decides what a study may claim, so that no verdict contradicts its table:
+
+* :func:`describe` summarises per-seed values (mean, sample std, n);
+* :func:`t_interval` is the two-sided t-interval of a mean, ``mean ± t_{1-a/2, n-1} · std/√n``
+  with the sample standard deviation (``ddof=1``) and Student's t quantile (not 1.96);
+* :func:`verdict` turns per-seed *paired* differences (positive = better) into
+  ``"better"`` / ``"worse"`` only when that interval excludes 0, and ``"tie"`` otherwise
+  (always ``"tie"`` with fewer than 2 finite values: no interval, no claim);
+* :func:`compare` does both for two arrays of per-seed results of the same seeds;
+* :func:`fmt`, :func:`range_label` format numbers and grid ranges for reports (a range
+  label is always built from the values actually run, never typed in);
+* :func:`refuse_direct_run` makes a helper module of a study say so when run as a script.
+
+Studies import this module as ``import _report`` after putting ``experiments/`` on
+``sys.path`` (each study script does). Example::
+
+  >>> import numpy as np
+  >>> import _report
+  >>> a = np.array([0.91, 0.93, 0.92, 0.94])   # method, per seed
+  >>> b = np.array([0.89, 0.90, 0.90, 0.91])   # baseline, same seeds
+  >>> _report.compare(a, b)["verdict"]
+  'better'
+  >>> _report.verdict(np.array([0.01]))         # one seed: no interval, no claim
+  'tie'
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LEVEL", "describe", "t_interval", "verdict", "compare", "fmt", "range_label",
+           "refuse_direct_run"]
+
+LEVEL = 0.95
+"""Default confidence level of every interval and verdict."""
+
+
+def describe(values: Any) -> dict[str, Any]:
+  """Mean, sample standard deviation (``ddof=1``), ``n`` and the values, of the finite values.
+
+  Args:
+    values: per-seed numbers (any array-like; NaN and inf are left out of the statistics
+      and counted in ``n_nonfinite``).
+
+  Returns:
+    ``{"mean", "std", "n", "n_nonfinite", "per_seed"}``; ``std`` is NaN when ``n < 2`` and
+    ``mean`` is NaN when ``n == 0``. ``per_seed`` keeps every value, in order.
+  """
+  x = np.asarray(values, np.float64).ravel()
+  ok = x[np.isfinite(x)]
+  n = int(ok.size)
+  return {
+      "mean": float(ok.mean()) if n else math.nan,
+      "std": float(ok.std(ddof=1)) if n > 1 else math.nan,
+      "n": n,
+      "n_nonfinite": int(x.size - n),
+      "per_seed": x.tolist(),
+  }
+
+
+def _as_stats(x: Any) -> dict[str, Any]:
+  return x if isinstance(x, dict) else describe(x)
+
+
+def t_interval(x: Any, level: float = LEVEL) -> tuple[float, float]:
+  """Two-sided ``level`` t-interval of the mean: ``mean ± t_{(1+level)/2, n-1} · std/√n``.
+
+  Args:
+    x: per-seed values, or a :func:`describe` dict (``mean``, ``std``, ``n``).
+    level: confidence level in (0, 1).
+
+  Returns:
+    ``(low, high)``; ``(nan, nan)`` when ``n < 2`` (no interval exists). A zero standard
+    deviation gives the zero-width interval ``(mean, mean)``.
+  """
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1); got {level}")
+  s = _as_stats(x)
+  n, mean, std = int(s["n"]), float(s["mean"]), float(s["std"])
+  if n < 2 or not (math.isfinite(mean) and math.isfinite(std)):
+    return math.nan, math.nan
+  from scipy import stats  # a test and study dependency (scikit-learn needs it too)
+
+  half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+  return mean - half, mean + half
+
+
+def verdict(diff: Any, level: float = LEVEL) -> str:
+  """``"better"`` / ``"worse"`` when the t-interval of the paired differences excludes 0.
+
+  Args:
+    diff: per-seed paired differences, oriented so that positive means better (for a
+      loss or a step count pass ``baseline - method``), or their :func:`describe` dict.
+    level: confidence level of the interval.
+
+  Returns:
+    ``"better"`` if the interval lies above 0, ``"worse"`` if below, otherwise ``"tie"``
+    (also with fewer than 2 finite differences, where no interval exists).
+  """
+  lo, hi = t_interval(diff, level)
+  if lo > 0:
+    return "better"
+  if hi < 0:
+    return "worse"
+  return "tie"
+
+
+def compare(a: Any, b: Any, *, higher_is_better: bool = True,
+            level: float = LEVEL) -> dict[str, Any]:
+  """Paired comparison of ``a`` against ``b`` (per-seed results of the same seeds).
+
+  Args:
+    a: per-seed results of the method, shape ``[n]``.
+    b: per-seed results of the baseline on the same seeds, shape ``[n]``.
+    higher_is_better: whether larger results are better (accuracy) or smaller (a loss).
+    level: confidence level.
+
+  Returns:
+    :func:`describe` of ``a - b`` (always ``a - b``, whatever the orientation) with
+    ``ci_low``, ``ci_high`` (its t-interval) and ``verdict`` (of ``a`` against ``b``).
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"paired results need the same shape; got {a.shape} and {b.shape}")
+  d = describe(a - b)
+  lo, hi = t_interval(d, level)
+  sign = 1.0 if higher_is_better else -1.0
+  return d | {"ci_low": lo, "ci_high": hi, "level": level,
+              "verdict": verdict(describe(sign * (a - b)), level)}
+
+
+def fmt(x: Any, spec: str = ".3g") -> str:
+  """``format(x, spec)``, or an em dash for None, NaN and inf (a missing number)."""
+  if x is None:
+    return "—"
+  x = float(x)
+  return format(x, spec) if math.isfinite(x) else "—"
+
+
+def range_label(values: Sequence[float] | np.ndarray, spec: str = "g") -> str:
+  """``"[min, max]"`` of the values actually run (``"—"`` when there are none)."""
+  v = np.asarray(values, np.float64).ravel()
+  v = v[np.isfinite(v)]
+  if v.size == 0:
+    return "—"
+  return f"[{format(float(v.min()), spec)}, {format(float(v.max()), spec)}]"
+
+
+def refuse_direct_run(module_doc: str | None, study: str) -> None:
+  """The ``__main__`` of a study's helper module: help that names the study, else exit 2.
+
+  ``python experiments/<helper>.py --help`` prints the module's purpose and the script
+  to run; any other invocation is an error (exit status 2), never a silent success.
+  """
+  p = argparse.ArgumentParser(
+      description=(module_doc or "").strip().split("\n\n")[0]
+      + " This module is imported by a study script and is not run directly: run "
+      f"`python experiments/{study} --help` for the study's options.")
+  p.parse_args()
+  p.error(f"not a script; run python experiments/{study} instead")
+
+
+if __name__ == "__main__":
+  refuse_direct_run(__doc__, "loss_scale.py")  # or any other study
