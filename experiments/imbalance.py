@@ -225,10 +225,11 @@ def loss_branches(args: argparse.Namespace) -> list[Callable]:
                                           tau=hp["tau"]).mean(), s
 
   def ghm(hp, z, y, s, t, n):
-    # ghm_c already divides every element's loss by the element count (batch × classes).
+    # ghm_c returns BCE_i·β_i; mmdetection's GHMC divides their sum by the element count
+    # (batch × classes, no label weights here), i.e. the mean.
     loss, s = L.ghm_c(z, jax.nn.one_hot(y, NUM_CLASSES), s, bins=args.ghm_bins,
                       momentum=hp["momentum"])
-    return loss.sum(), s
+    return loss.mean(), s
 
   fns = {"ce": ce, "focal": focal, "softmax_focal": softmax_focal, "cb": cb, "ldam": ldam,
          "la": la, "ghm": ghm}

@@ -13,6 +13,75 @@ def shape_of(x: Any) -> tuple[int, ...]:
   return tuple(np.shape(x))
 
 
+def concrete(x: Any) -> np.ndarray | None:
+  """A host copy of ``x`` when its values are known now, ``None`` under ``jit``/``vmap``.
+
+  Every value check below runs only when this returns an array; under tracing the losses
+  turn the same invalid inputs into NaN instead, so they show rather than pass silently.
+  """
+  if isinstance(x, jax.core.Tracer):
+    return None
+  return np.asarray(x)
+
+
+def to_float(x: Any, dtype: Any = None) -> jax.Array:
+  """``x`` as a floating JAX array, without wrapping integers above 2^31.
+
+  JAX (without x64) casts NumPy int64 to int32, so 3e9 wraps to a negative number, and a
+  Python int above 2^31 raises. Host integers are therefore converted to float64 in NumPy
+  first. ``dtype=None`` gives float32 for integer or boolean input and keeps a floating
+  input's dtype (as ``jnp.asarray`` would).
+  """
+  if isinstance(x, jax.Array):
+    arr = x
+  else:
+    host = np.asarray(x)
+    if not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
+      raise ValueError(f"expected a numeric array; got dtype {host.dtype}.")
+    if np.issubdtype(host.dtype, np.floating):
+      arr = jnp.asarray(host)
+    else:
+      arr = jnp.asarray(host.astype(np.float64), jnp.float32 if dtype is None else dtype)
+  if dtype is not None:
+    return arr.astype(dtype)
+  return arr if jnp.issubdtype(arr.dtype, jnp.floating) else arr.astype(jnp.float32)
+
+
+def _describe(bad: np.ndarray) -> str:
+  """A short description of offending values for an error message."""
+  nan = int(np.isnan(bad).sum()) if np.issubdtype(bad.dtype, np.floating) else 0
+  finite = bad[~np.isnan(bad)] if nan else bad
+  parts = []
+  if finite.size:
+    parts.append(f"{finite.size} value(s) in [{finite.min():.6g}, {finite.max():.6g}]")
+  if nan:
+    parts.append(f"{nan} NaN")
+  return " and ".join(parts)
+
+
+def check_range(
+    x: Any, fn: str, name: str, *, lo: float, hi: float, lo_open: bool = False,
+    hi_open: bool = False, where: Any = None,
+) -> None:
+  """Raises a ValueError when concrete values of ``x`` (where selected) leave [lo, hi].
+
+  NaN is always out of range. Nothing is checked when ``x`` or ``where`` is traced.
+  """
+  host = concrete(x)
+  if host is None or host.size == 0:
+    return
+  if where is not None:
+    sel = concrete(where)
+    if sel is None:
+      return
+    host = host[np.broadcast_to(sel, host.shape)]
+  host = host.astype(np.float64)
+  ok = ((host > lo) if lo_open else (host >= lo)) & ((host < hi) if hi_open else (host <= hi))
+  if not np.all(ok):
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    raise ValueError(f"{fn}: {name} must lie in {interval}; got {_describe(host[~ok])}.")
+
+
 def check_logits(logits: Any, fn: str, *, min_ndim: int = 0) -> jax.Array:
   """Returns ``logits`` as a floating array, or raises a ValueError naming ``fn``."""
   logits = jnp.asarray(logits)
@@ -52,8 +121,15 @@ def apply_mask(loss: jax.Array, where: jax.Array | None) -> jax.Array:
   return loss if where is None else jnp.where(where, loss, jnp.zeros((), loss.dtype))
 
 
-def check_integer_labels(labels: Any, logits: jax.Array, fn: str) -> jax.Array:
-  """Validates integer class labels of shape ``logits.shape[:-1]`` in ``[0, C)``."""
+def check_integer_labels(
+    labels: Any, logits: jax.Array, fn: str, where: Any = None
+) -> tuple[jax.Array, jax.Array | None]:
+  """Validates integer class labels of shape ``logits.shape[:-1]`` in ``[0, C)``.
+
+  Returns ``(labels, mask)``. Labels masked out by ``where`` (e.g. an ignore index -100)
+  are not checked and are replaced by class 0, so they give neither an error nor a NaN,
+  eagerly or under ``jit``; the mask then zeroes their loss.
+  """
   dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
   if not jnp.issubdtype(dtype, jnp.integer):
     raise ValueError(
@@ -68,17 +144,45 @@ def check_integer_labels(labels: Any, logits: jax.Array, fn: str) -> jax.Array:
         f"{logits.shape[:-1]} (logits {logits.shape}); got {shape_of(labels)}."
     )
   num_classes = logits.shape[-1]
-  # The range check needs concrete values; under jit/vmap it is skipped, and class_logprobs
-  # turns an out-of-range label into a NaN loss instead of a silently wrong number.
-  if not isinstance(labels, jax.core.Tracer) and np.size(labels):
-    host = np.asarray(labels)
-    lo, hi = int(host.min()), int(host.max())
-    if lo < 0 or hi >= num_classes:
-      raise ValueError(
-          f"{fn}: labels must lie in [0, {num_classes}) for {num_classes} classes; "
-          f"got values in [{lo}, {hi}]."
-      )
-  return jnp.asarray(labels)
+  mask = check_mask(where, logits.shape[:-1], fn)
+  # The range check needs concrete values (labels and mask); under jit/vmap it is skipped,
+  # and class_logprobs turns an out-of-range label into a NaN loss instead of a wrong number.
+  host = concrete(labels)
+  sel = None if mask is None else concrete(mask)
+  if host is not None and (mask is None or sel is not None):
+    if sel is not None:
+      host = host[sel]
+    if host.size:
+      lo, hi = int(host.min()), int(host.max())
+      if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"{fn}: labels must lie in [0, {num_classes}) for {num_classes} classes; "
+            f"got values in [{lo}, {hi}]."
+        )
+  labels = jnp.asarray(labels)
+  if mask is not None:
+    labels = jnp.where(mask, labels, jnp.zeros((), labels.dtype))
+  return labels, mask
+
+
+def check_unit_labels(
+    labels: Any, logits: jax.Array, fn: str, valid: Any = None
+) -> jax.Array:
+  """Targets of sigmoid-type losses: the shape of ``logits``, values in ``[0, 1]``.
+
+  Returns the labels in ``logits``' dtype. Where ``valid`` (a boolean mask, or ``None`` for
+  all) is False the label is not checked and is replaced by 0, so masked entries (an ignore
+  value such as -100) never raise and never produce NaN. Elsewhere a label outside
+  ``[0, 1]`` (or NaN) raises a ValueError when the labels are concrete and becomes NaN
+  under ``jit``/``vmap``, so that the loss is NaN rather than a meaningless number.
+  """
+  labels = check_same_shape(labels, logits, "labels", "logits", fn)
+  check_range(labels, fn, "labels", lo=0.0, hi=1.0, where=valid)
+  zero = jnp.zeros((), labels.dtype)
+  if valid is not None:
+    labels = jnp.where(valid, labels, zero)
+  ok = (labels >= 0) & (labels <= 1)
+  return jnp.where(ok, labels, jnp.full((), jnp.nan, labels.dtype))
 
 
 def check_class_vector(v: Any, num_classes: int, name: str, fn: str, dtype: Any) -> jax.Array:
@@ -88,19 +192,41 @@ def check_class_vector(v: Any, num_classes: int, name: str, fn: str, dtype: Any)
         f"{fn}: {name} must have shape ({num_classes},), one entry per class; "
         f"got {shape_of(v)}."
     )
-  return jnp.asarray(v).astype(dtype)
+  return to_float(v, dtype)
 
 
-def check_counts(counts: Any, fn: str) -> jax.Array:
-  """Returns per-class counts as a 1-D floating array (float32 unless already floating)."""
-  arr = jnp.asarray(counts)
-  if arr.ndim != 1 or arr.shape[0] == 0:
+def nonnegative(arr: jax.Array, original: Any, fn: str, name: str) -> jax.Array:
+  """Refuses negative or NaN entries of concrete ``original``; under jit they become NaN."""
+  host = concrete(original)
+  if host is not None and host.size:
+    host = np.asarray(host, np.float64)
+    bad = ~(host >= 0)
+    if np.any(bad):
+      raise ValueError(
+          f"{fn}: {name} must be >= 0 and not NaN; got {_describe(host[bad])}."
+      )
+  return jnp.where(arr >= 0, arr, jnp.full((), jnp.nan, arr.dtype))
+
+
+def check_class_counts(
+    v: Any, num_classes: int, name: str, fn: str, dtype: Any
+) -> jax.Array:
+  """A per-class vector ``(C,)`` of counts or priors: converted safely, ``>= 0``."""
+  return nonnegative(check_class_vector(v, num_classes, name, fn, dtype), v, fn, name)
+
+
+def check_counts(counts: Any, fn: str, dtype: Any = None) -> jax.Array:
+  """Returns per-class counts as a 1-D floating array (float32 unless already floating).
+
+  Integers are converted through float64 on the host, so counts above 2^31 do not wrap.
+  Negative or NaN counts raise when concrete and become NaN under ``jit``.
+  """
+  if np.ndim(counts) != 1 or np.shape(counts)[0] == 0:
     raise ValueError(
-        f"{fn}: counts must be a non-empty vector (num_classes,); got shape {arr.shape}."
+        f"{fn}: counts must be a non-empty vector (num_classes,); got shape "
+        f"{shape_of(counts)}."
     )
-  if not jnp.issubdtype(arr.dtype, jnp.floating):
-    arr = arr.astype(jnp.float32)
-  return arr
+  return nonnegative(to_float(counts, dtype), counts, fn, "counts")
 
 
 def gather_class(values: jax.Array, labels: jax.Array) -> jax.Array:

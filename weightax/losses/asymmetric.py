@@ -18,6 +18,7 @@ def asymmetric_loss(
     gamma_pos: ArrayLike = 1.0,
     gamma_neg: ArrayLike = 4.0,
     clip: ArrayLike = 0.05,
+    detach_focusing_weights: bool = False,
     where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Asymmetric loss (ASL), per element, for multi-label targets in {0, 1}.
@@ -33,16 +34,31 @@ def asymmetric_loss(
   and :math:`\log(1 - p_m) = \min(\mathrm{logaddexp}(\log \sigma(-x), \log m), 0)`, so the
   values and gradients are finite for any logits, without the reference code's 1e-8 clamps.
 
-  The gradient flows through the focusing weights, as in the paper's gradient analysis
-  (the reference code's ``disable_torch_grad_focal_loss=True`` would detach them). The
-  reference code sums over elements; this returns them unreduced and positive.
+  By default the gradient flows through the focusing weights
+  :math:`w_+ = (1-p)^{\gamma_+}` and :math:`w_- = p_m^{\gamma_-}`, as in the paper's
+  gradient analysis. ``detach_focusing_weights=True`` computes them under
+  ``stop_gradient``, which is what the reference training code does
+  (``AsymmetricLoss(..., disable_torch_grad_focal_loss=True)``); use it to reproduce the
+  published ASL results. The loss values are the same either way; the gradient becomes
+
+  .. math::
+    \frac{\partial \ell}{\partial x} = -y\,(1-p)^{\gamma_+}(1-p)
+      + (1-y)\,[p > m]\; p_m^{\gamma_-} \frac{p(1-p)}{1 - p_m}.
+
+  The reference code sums over elements; this returns them unreduced and positive.
+
+  Labels outside ``[0, 1]`` (or NaN) that are not masked out raise a ValueError when
+  concrete and give a NaN loss under ``jit``/``vmap``.
 
   Args:
     logits: floating array of any shape, e.g. ``[batch, num_labels]``.
-    labels: targets in {0, 1} with the shape of ``logits``.
+    labels: targets in {0, 1} (soft targets in ``[0, 1]`` are accepted) with the shape of
+      ``logits``; entries masked out by ``where`` are ignored (any value, e.g. -100).
     gamma_pos: focusing exponent for positives (1 or 0 in the paper); may be traced.
     gamma_neg: focusing exponent for negatives (4 in the paper); may be traced.
     clip: probability margin m in ``[0, 1)`` (0.05 in the paper); 0 disables it.
+    detach_focusing_weights: compute the focusing weights without gradient, as the
+      reference training code does (a Python bool).
     where: optional boolean mask with the shape of ``logits``; masked elements give 0.
 
   Returns:
@@ -61,15 +77,19 @@ def asymmetric_loss(
   """
   fn = "asymmetric_loss"
   logits = _utils.check_logits(logits, fn)
-  labels = _utils.check_same_shape(labels, logits, "labels", "logits", fn)
+  _utils.check_same_shape(labels, logits, "labels", "logits", fn)
   mask = _utils.check_mask(where, logits.shape, fn)
+  labels = _utils.check_unit_labels(labels, logits, fn, mask)
   dtype = logits.dtype
+  # stop_gradient on the weights only: the log terms keep their gradient, as in the
+  # reference code, where torch.set_grad_enabled(False) wraps the weights' computation.
+  focusing = jax.lax.stop_gradient if detach_focusing_weights else (lambda w: w)
   gp = jnp.asarray(gamma_pos).astype(dtype)
   gn = jnp.asarray(gamma_neg).astype(dtype)
   m = jnp.asarray(clip).astype(dtype)
   log_p = jax.nn.log_sigmoid(logits)
   log_q = jax.nn.log_sigmoid(-logits)
-  loss_pos = -jnp.exp(gp * log_q) * log_p
+  loss_pos = -focusing(jnp.exp(gp * log_q)) * log_p
 
   # log(1 - p_m) = log(min(q + m, 1)); log(0) = -inf when m = 0 makes logaddexp return log_q.
   log_m = jnp.where(m > 0, jnp.log(jnp.where(m > 0, m, 1)), -jnp.inf)
@@ -79,6 +99,6 @@ def asymmetric_loss(
   # p_m <= 0: the element is discarded (log(1 - p_m) = 0); the safe value keeps the
   # unused branch of the power free of log(0), whose gradient would be NaN.
   log_pm = jnp.log(jnp.where(shifted, p_m, 1))
-  loss_neg = jnp.where(shifted, -jnp.exp(gn * log_pm) * log_one_minus_pm, 0)
+  loss_neg = jnp.where(shifted, -focusing(jnp.exp(gn * log_pm)) * log_one_minus_pm, 0)
   loss = labels * loss_pos + (1 - labels) * loss_neg
   return _utils.apply_mask(loss.astype(dtype), mask)

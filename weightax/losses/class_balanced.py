@@ -16,12 +16,21 @@ __all__ = [
 ]
 
 
-def _normalise(raw: jax.Array, present: jax.Array) -> jax.Array:
-  """Zeroes absent classes and rescales to ``sum = C`` (all ones if every class is absent)."""
+def _normalise(raw: jax.Array, present: jax.Array, bad: jax.Array) -> jax.Array:
+  """Zeroes absent classes and rescales to ``sum = C`` (all ones if every class is absent).
+
+  ``bad`` (a NaN count or an invalid β, only possible under ``jit``) makes every weight NaN:
+  the normalisation mixes all classes, and an absent-looking NaN class must not be zeroed.
+  """
   raw = jnp.where(present, raw, 0.0)
   total = jnp.sum(raw)
   ok = total > 0
-  return jnp.where(ok, raw.shape[0] * raw / jnp.where(ok, total, 1.0), 1.0)
+  w = jnp.where(ok, raw.shape[0] * raw / jnp.where(ok, total, 1.0), 1.0)
+  return jnp.where(bad, jnp.full((), jnp.nan, w.dtype), w)
+
+
+def _has_nan(counts: jax.Array) -> jax.Array:
+  return jnp.any(jnp.isnan(counts))
 
 
 def class_balanced_weights(counts: ArrayLike, *, beta: ArrayLike) -> jax.Array:
@@ -40,9 +49,15 @@ def class_balanced_weights(counts: ArrayLike, *, beta: ArrayLike) -> jax.Array:
   The mean weight per *sample* can be far below 1 on long-tailed data; under SGD that is a
   smaller learning rate.
 
+  Counts may be Python or NumPy integers of any size (they are converted through float64,
+  so 3e9 samples do not wrap around int32). Negative or NaN counts, and β outside
+  ``[0, 1]`` or NaN, raise a ValueError when concrete; under ``jit``/``vmap`` they give
+  all-NaN weights.
+
   Args:
     counts: number of training samples per class, shape ``[C]`` (int or float, ``>= 0``).
-    beta: hyperparameter in ``[0, 1]``; may be a traced scalar.
+    beta: hyperparameter in ``[0, 1)``, or exactly 1 for the inverse-frequency limit; may
+      be a traced scalar.
 
   Returns:
     Weights of shape ``[C]`` summing to C (float32, or the floating dtype of ``counts``).
@@ -58,9 +73,13 @@ def class_balanced_weights(counts: ArrayLike, *, beta: ArrayLike) -> jax.Array:
     Cui et al., `Class-Balanced Loss Based on Effective Number of Samples
     <https://arxiv.org/abs/1901.05555>`_, CVPR 2019.
   """
-  counts = _utils.check_counts(counts, "class_balanced_weights")
+  fn = "class_balanced_weights"
+  counts = _utils.check_counts(counts, fn)
+  _utils.check_range(beta, fn, "beta", lo=0.0, hi=1.0)
   dtype = counts.dtype
   beta = jnp.asarray(beta, dtype)
+  bad = _has_nan(counts) | ~((beta >= 0) & (beta <= 1))
+  beta = jnp.where(bad, 0.5, beta)  # keeps the branches below finite; the result is NaN
   present = counts > 0
   n = jnp.where(present, counts, 1.0)
   # Two branches, each fed a safe beta so neither produces NaN values or gradients.
@@ -71,7 +90,7 @@ def class_balanced_weights(counts: ArrayLike, *, beta: ArrayLike) -> jax.Array:
   one_minus_pow = jnp.where(hi, -jnp.expm1(n * jnp.log1p(b_hi - 1)), 1 - b_lo**n)
   one_minus_beta = jnp.where(hi & ~at_one, 1 - b_hi, 1 - b_lo)
   raw = jnp.where(at_one, 1 / n, one_minus_beta / one_minus_pow)
-  return _normalise(raw, present)
+  return _normalise(raw, present, bad)
 
 
 def inverse_frequency_weights(counts: ArrayLike) -> jax.Array:
@@ -79,7 +98,8 @@ def inverse_frequency_weights(counts: ArrayLike) -> jax.Array:
 
   .. math:: w_c = C \, \frac{1/n_c}{\sum_k 1/n_k}.
 
-  Classes with zero count get weight 0 (see ``class_balanced_weights``).
+  Classes with zero count get weight 0; counts are checked and converted as in
+  ``class_balanced_weights``.
 
   Args:
     counts: number of training samples per class, shape ``[C]``.
@@ -99,7 +119,7 @@ def inverse_frequency_weights(counts: ArrayLike) -> jax.Array:
   """
   counts = _utils.check_counts(counts, "inverse_frequency_weights")
   present = counts > 0
-  return _normalise(1 / jnp.where(present, counts, 1.0), present)
+  return _normalise(1 / jnp.where(present, counts, 1.0), present, _has_nan(counts))
 
 
 def sqrt_inverse_frequency_weights(counts: ArrayLike) -> jax.Array:
@@ -107,7 +127,8 @@ def sqrt_inverse_frequency_weights(counts: ArrayLike) -> jax.Array:
 
   .. math:: w_c = C \, \frac{n_c^{-1/2}}{\sum_k n_k^{-1/2}}.
 
-  A milder rebalancing than ``inverse_frequency_weights``. Classes with zero count get 0.
+  A milder rebalancing than ``inverse_frequency_weights``. Classes with zero count get 0;
+  counts are checked and converted as in ``class_balanced_weights``.
 
   Args:
     counts: number of training samples per class, shape ``[C]``.
@@ -128,7 +149,7 @@ def sqrt_inverse_frequency_weights(counts: ArrayLike) -> jax.Array:
   """
   counts = _utils.check_counts(counts, "sqrt_inverse_frequency_weights")
   present = counts > 0
-  return _normalise(jax.lax.rsqrt(jnp.where(present, counts, 1.0)), present)
+  return _normalise(jax.lax.rsqrt(jnp.where(present, counts, 1.0)), present, _has_nan(counts))
 
 
 def weighted_softmax_cross_entropy(
@@ -149,7 +170,8 @@ def weighted_softmax_cross_entropy(
 
   Args:
     logits: floating array ``[..., C]``.
-    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``.
+    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``; entries
+      masked out by ``where`` are ignored (any value, e.g. an ignore index -100).
     class_weights: optional per-class weights ``[C]``.
     sample_weights: optional per-example weights with the shape of ``labels``.
     where: optional boolean mask with the shape of ``labels``; masked examples give 0.
@@ -172,8 +194,7 @@ def weighted_softmax_cross_entropy(
   """
   fn = "weighted_softmax_cross_entropy"
   logits = _utils.check_logits(logits, fn, min_ndim=1)
-  labels = _utils.check_integer_labels(labels, logits, fn)
-  mask = _utils.check_mask(where, labels.shape, fn)
+  labels, mask = _utils.check_integer_labels(labels, logits, fn, where)
   dtype = logits.dtype
   loss = -_utils.class_logprobs(logits, labels)[0]
   if class_weights is not None:

@@ -39,12 +39,20 @@ def sigmoid_focal_loss(
 
   Unlike ``optax.sigmoid_focal_loss`` (default ``alpha=None``), the default here is the
   paper's (and torchvision's) ``alpha=0.25``: positives get weight α, negatives 1 − α.
+  "No α" is written ``alpha=None`` or, as in torchvision, any negative value
+  (``alpha=-1``); both give :math:`\alpha_t = 1`.
+
+  Invalid values are refused when they are concrete: labels outside ``[0, 1]`` (or NaN)
+  where not masked out, and ``alpha > 1`` or NaN, raise a ValueError. Under ``jit``/``vmap``
+  they cannot be inspected and give a NaN loss for the affected elements instead.
 
   Args:
     logits: floating array of any shape.
-    labels: targets in ``[0, 1]`` with the shape of ``logits``.
-    alpha: weight of positives (negatives get ``1 - alpha``); ``None`` disables it. May be
-      a traced scalar (or any array broadcastable to ``logits``).
+    labels: targets in ``[0, 1]`` with the shape of ``logits``; entries masked out by
+      ``where`` are ignored (any value, e.g. -100).
+    alpha: weight of positives in ``[0, 1]`` (negatives get ``1 - alpha``); ``None`` or a
+      negative value disables it. May be a traced scalar (or any array broadcastable to
+      ``logits``).
     gamma: focusing exponent :math:`\gamma \ge 0`; ``0`` gives (α-weighted) cross-entropy.
     where: optional boolean mask with the shape of ``logits``; masked elements give 0.
 
@@ -64,8 +72,9 @@ def sigmoid_focal_loss(
   """
   fn = "sigmoid_focal_loss"
   logits = _utils.check_logits(logits, fn)
-  labels = _utils.check_same_shape(labels, logits, "labels", "logits", fn)
+  _utils.check_same_shape(labels, logits, "labels", "logits", fn)
   mask = _utils.check_mask(where, logits.shape, fn)
+  labels = _utils.check_unit_labels(labels, logits, fn, mask)
   dtype = logits.dtype
   log_p = jax.nn.log_sigmoid(logits)
   log_q = jax.nn.log_sigmoid(-logits)
@@ -74,8 +83,12 @@ def sigmoid_focal_loss(
   log_one_minus_pt = jnp.logaddexp(_safe_log(labels) + log_q, _safe_log(1 - labels) + log_p)
   loss = jnp.exp(jnp.asarray(gamma).astype(dtype) * log_one_minus_pt) * bce
   if alpha is not None:
+    _utils.check_range(alpha, fn, "alpha (or a negative value for none)", lo=-jnp.inf, hi=1.0)
     a = jnp.asarray(alpha).astype(dtype)
-    loss = (a * labels + (1 - a) * (1 - labels)) * loss
+    alpha_t = a * labels + (1 - a) * (1 - labels)
+    # Negative: no alpha (torchvision's alpha=-1). NaN or > 1 only reach here when traced.
+    nan = jnp.full((), jnp.nan, dtype)
+    loss = jnp.where(a < 0, 1, jnp.where(a <= 1, alpha_t, nan)) * loss
   return _utils.apply_mask(loss.astype(dtype), mask)
 
 
@@ -99,7 +112,8 @@ def softmax_focal_loss(
 
   Args:
     logits: floating array ``[..., C]`` with ``C >= 2``.
-    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``.
+    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``; entries
+      masked out by ``where`` are ignored (any value, e.g. an ignore index -100).
     gamma: focusing exponent :math:`\gamma \ge 0`; ``0`` gives cross-entropy. May be traced.
     alpha: optional per-class weights ``[C]`` (e.g. from ``class_balanced_weights``).
     where: optional boolean mask with the shape of ``labels``; masked examples give 0.
@@ -121,8 +135,7 @@ def softmax_focal_loss(
   """
   fn = "softmax_focal_loss"
   logits = _utils.check_logits(logits, fn, min_ndim=1)
-  labels = _utils.check_integer_labels(labels, logits, fn)
-  mask = _utils.check_mask(where, labels.shape, fn)
+  labels, mask = _utils.check_integer_labels(labels, logits, fn, where)
   dtype = logits.dtype
   log_p, log_not_p = _utils.class_logprobs(logits, labels)
   loss = -jnp.exp(jnp.asarray(gamma).astype(dtype) * log_not_p) * log_p

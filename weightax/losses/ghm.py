@@ -5,9 +5,13 @@ Each element is weighted by the inverse density of its gradient norm ``g``: elem
 ``g = 1``) are down-weighted. Bin counts optionally follow an exponential moving average,
 kept in a ``GHMState`` that the caller threads from step to step.
 
-Weights are computed without gradient (as in the paper and mmdetection) and every call
-returns the per-element loss ``loss_i · w_i / tot``, whose ``.sum()`` equals mmdetection's
-``GHMC``/``GHMR`` with ``loss_weight=1``.
+Weights are computed without gradient (as in the paper and mmdetection). Every call returns
+the per-element loss with its weight applied, ``loss_i · β_i``, and leaves the reduction to
+the caller as the other losses here do: mmdetection's ``GHMC``/``GHMR`` (``loss_weight=1``)
+is ``loss.sum() / tot``, which is ``loss.mean()`` when there are no label weights.
+
+Invalid hyperparameters or labels raise a ValueError when their values are concrete; under
+``jit``/``vmap`` they give NaN (loss, and state for invalid hyperparameters) instead.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from weightax.losses import _utils
@@ -59,6 +64,11 @@ def _check_bins(bins: int, fn: str) -> int:
   return bins
 
 
+def _check_momentum(momentum: ArrayLike, fn: str) -> jax.Array:
+  _utils.check_range(momentum, fn, "momentum", lo=0.0, hi=1.0, hi_open=True)
+  return jnp.asarray(momentum, jnp.float32)
+
+
 def _harmonizing_weights(
     g: jax.Array,
     valid: jax.Array,
@@ -68,8 +78,12 @@ def _harmonizing_weights(
     momentum: ArrayLike,
     bins: int,
     fn: str,
+    bad: jax.Array | bool = False,
 ) -> tuple[jax.Array, GHMState]:
-  """Per-element weights ``tot / (count or acc) / n_nonempty`` and the updated state."""
+  """Per-element weights ``β = tot / (count or acc) / n_nonempty`` and the updated state.
+
+  ``bad`` marks invalid traced hyperparameters: weights and state are then NaN.
+  """
   if state is None:
     state = init_ghm_state(bins)
   if _utils.shape_of(state.acc_sum) != (bins,):
@@ -78,22 +92,32 @@ def _harmonizing_weights(
         f"got {_utils.shape_of(state.acc_sum)}."
     )
   acc = jnp.asarray(state.acc_sum, jnp.float32)
+  m = _check_momentum(momentum, fn)
+  bad = bad | ~((m >= 0) & (m < 1))
+  # A NaN g (a NaN label or prediction, only possible under jit) is not counted in any bin;
+  # its loss is NaN anyway, which shows.
+  valid = valid & ~jnp.isnan(g)
   # Bin i holds edges[i] <= g < edges[i+1], exactly mmdetection's comparisons. floor(g*bins)
   # is off by at most one near an edge, and comparing with the two neighbouring edges fixes
   # that; this is ~4x faster on CPU than jnp.searchsorted.
-  i0 = jnp.clip(jnp.floor(g * bins).astype(jnp.int32), 0, bins - 1)
-  idx = i0 - (g < edges[i0]).astype(jnp.int32) + (g >= edges[i0 + 1]).astype(jnp.int32)
+  gs = jnp.where(valid, g, 0.0)
+  i0 = jnp.clip(jnp.floor(gs * bins).astype(jnp.int32), 0, bins - 1)
+  idx = i0 - (gs < edges[i0]).astype(jnp.int32) + (gs >= edges[i0 + 1]).astype(jnp.int32)
   idx = jnp.clip(idx, 0, bins - 1)
   count = jnp.zeros((bins,), jnp.float32).at[idx.ravel()].add(valid.ravel().astype(jnp.float32))
   nonempty = count > 0
-  m = jnp.asarray(momentum, jnp.float32)
-  # With m = 0 the EMA reduces to this batch's counts; the where keeps that exact and
-  # branch-free, so momentum can be traced (swept, vmapped).
-  ema = jnp.where(m > 0, m * acc + (1 - m) * count, count)
-  new_acc = jnp.where(nonempty, ema, acc)  # empty bins keep their running value
+  # mmdetection: with momentum > 0 non-empty bins update their running count and the
+  # weights use it; with momentum = 0 the weights use this batch's counts and the running
+  # counts are not touched. jnp.where keeps both branch-free, so momentum can be traced.
+  use_ema = m > 0
+  new_acc = jnp.where(nonempty & use_ema, m * acc + (1 - m) * count, acc)
+  denom = jnp.where(use_ema, new_acc, count)
   n = jnp.sum(nonempty).astype(jnp.float32)
-  per_bin = jnp.where(nonempty, tot / jnp.where(nonempty, new_acc, 1.0), 0.0)
+  per_bin = jnp.where(nonempty, tot / jnp.where(nonempty, denom, 1.0), 0.0)
   w = jnp.where(valid, per_bin[idx], 0.0) / jnp.maximum(n, 1.0)
+  nan = jnp.float32(jnp.nan)
+  w = jnp.where(bad, nan, w)
+  new_acc = jnp.where(bad, nan, new_acc)
   return jax.lax.stop_gradient(w), GHMState(acc_sum=new_acc)
 
 
@@ -110,43 +134,55 @@ def ghm_c(
 
   With :math:`g = |\sigma(x) - y|` (no gradient), bins :math:`[i/B, (i+1)/B)` (the last edge
   raised by 1e-6 so that :math:`g = 1` lands in the last bin), valid elements
-  :math:`v = [\text{label\_weight} > 0]`, :math:`\text{tot} = \max(\sum v, 1)` and
-  :math:`c_i` the number of valid elements in bin i:
+  :math:`v = [\text{label\_weight} > 0]`, :math:`\text{tot} = \max(\sum v, 1)`, n the
+  number of non-empty bins and :math:`c_i` the number of valid elements in bin i:
 
   .. math::
-    a_i \leftarrow m a_i + (1 - m) c_i \ \text{(non-empty bins)}, \quad
-    w = \frac{\text{tot}}{n \, a_{b(g)}} v, \quad
-    \ell = \mathrm{BCE}(x, y) \, w / \text{tot},
+    \beta = \frac{\text{tot}}{n \, a_{b(g)}} v, \quad
+    \ell = \mathrm{BCE}(x, y) \, \beta, \qquad
+    \text{mmdetection's GHMC} = \frac{1}{\text{tot}} \sum \ell,
 
-  where n is the number of non-empty bins. With ``momentum=0`` the weights use this batch's
-  counts only (:math:`a_i = c_i`, the state does not influence the result). With
-  ``momentum > 0`` (mmdetection's RetinaNet config: ``bins=30, momentum=0.75``) :math:`a` is a
-  running average without bias correction, so the first calls from the zero state see
-  weights :math:`1/(1-m)` times larger. Empty bins keep their running value.
-  Use ``momentum`` in ``[0, 1)``.
+  where :math:`a_i = c_i` with ``momentum=0`` and :math:`a_i \leftarrow m a_i + (1 - m) c_i`
+  (non-empty bins) with ``momentum`` m > 0. The returned elements are *not* divided by
+  tot; mmdetection's loss is, in one line,
+  ``loss.sum() / jnp.maximum((label_weights > 0).sum(), 1)``, i.e. ``loss.mean()`` without
+  label weights. (With momentum 0 the weights :math:`\beta` of the valid elements average to
+  1, so the sum over tot is a weighted mean of the BCE.)
+
+  With ``momentum=0`` the weights use this batch's counts only and, as in mmdetection, the
+  running counts in ``state`` are returned untouched. With ``momentum > 0`` (mmdetection's
+  RetinaNet config: ``bins=30, momentum=0.75``) :math:`a` is a running average without bias
+  correction, so the first calls from the zero state see weights :math:`1/(1-m)` times
+  larger. Empty bins keep their running value.
 
   Label weights act only as a validity mask (as in mmdetection): the BCE is not multiplied
   by them. Integer class labels can be expanded with ``jax.nn.one_hot(labels, C)``, which
   maps a background index ``C`` to all zeros as mmdetection does.
 
+  Refused when concrete (ValueError): ``momentum`` outside ``[0, 1)`` or NaN, and labels
+  outside ``[0, 1]`` or NaN on valid elements (elements with ``label_weight <= 0`` may hold
+  anything). Under ``jit``/``vmap`` an invalid momentum makes the loss and the state NaN and
+  an invalid label makes its element's loss NaN (it is left out of the bin counts).
+
   Args:
     logits: floating array of any shape.
-    labels: binary (or soft) targets with the shape of ``logits``.
+    labels: binary (or soft) targets in ``[0, 1]`` with the shape of ``logits``.
     state: ``GHMState`` from the previous call, or ``None`` for zero counts.
     bins: number of bins (a static Python int).
-    momentum: EMA factor for the bin counts; may be traced.
+    momentum: EMA factor for the bin counts, in ``[0, 1)``; may be traced.
     label_weights: optional array with the shape of ``logits``; elements with a weight
       ``<= 0`` are ignored (zero loss, not counted).
 
   Returns:
-    ``(loss, new_state)``: the per-element loss, shaped and typed like ``logits``, whose sum
-    is the GHM-C loss, and the updated ``GHMState``.
+    ``(loss, new_state)``: the per-element loss :math:`\mathrm{BCE}_i \beta_i`, shaped and
+    typed like ``logits`` (no reduction; see above for mmdetection's), and the updated
+    ``GHMState``.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from weightax.losses import ghm_c
     >>> loss, state = ghm_c(jnp.zeros(4), jnp.array([0.0, 0.0, 0.0, 1.0]), bins=1)
-    >>> round(float(loss.sum()), 4)   # one bin: plain mean BCE, log 2
+    >>> round(float(loss.mean()), 4)   # one bin: every beta is 1, plain mean BCE, log 2
     0.6931
 
   References:
@@ -156,19 +192,20 @@ def ghm_c(
   fn = "ghm_c"
   bins = _check_bins(bins, fn)
   logits = _utils.check_logits(logits, fn)
-  labels = _utils.check_same_shape(labels, logits, "labels", "logits", fn)
+  _utils.check_same_shape(labels, logits, "labels", "logits", fn)
   lw = None if label_weights is None else _utils.check_same_shape(
       label_weights, logits, "label_weights", "logits", fn
   )
+  valid = jnp.ones(logits.shape, bool) if lw is None else lw.astype(jnp.float32) > 0
+  labels = _utils.check_unit_labels(labels, logits, fn, None if lw is None else valid)
   # Binning in float32 whatever the input dtype, so bf16 does not move elements across edges.
   g = jnp.abs(jax.nn.sigmoid(logits.astype(jnp.float32)) - labels.astype(jnp.float32))
   g = jax.lax.stop_gradient(g)
-  valid = jnp.ones(logits.shape, bool) if lw is None else lw.astype(jnp.float32) > 0
   tot = jnp.maximum(jnp.sum(valid).astype(jnp.float32), 1.0)
   edges = (jnp.arange(bins + 1, dtype=jnp.float32) / bins).at[-1].add(1e-6)
   w, new_state = _harmonizing_weights(g, valid, tot, edges, state, momentum, bins, fn)
   bce = -(labels * jax.nn.log_sigmoid(logits) + (1 - labels) * jax.nn.log_sigmoid(-logits))
-  loss = bce * (w / tot).astype(logits.dtype)
+  loss = bce * w.astype(logits.dtype)
   return loss.astype(logits.dtype), new_state
 
 
@@ -189,33 +226,44 @@ def ghm_r(
 
   .. math::
     \mathrm{ASL1}(d) = \sqrt{d^2 + \mu^2} - \mu, \quad g = \frac{|d|}{\sqrt{d^2 + \mu^2}},
-    \quad \ell = \mathrm{ASL1}(d) \, w / \text{tot},
+    \quad \ell = \mathrm{ASL1}(d) \, \beta, \qquad
+    \text{mmdetection's GHMR} = \frac{1}{\text{tot}} \sum \ell,
 
-  with the weights w and the running bin counts exactly as in ``ghm_c`` except that
-  :math:`\text{tot} = \max(\sum \text{label\_weight}, 1)`, a sum of the label weights rather
-  than a count of valid elements (mmdetection's ``GHMR``). ``momentum=0`` uses this batch's
-  counts only; ``momentum > 0`` an un-bias-corrected running average (see ``ghm_c``).
+  with the weights :math:`\beta` and the running bin counts exactly as in ``ghm_c`` except
+  that :math:`\text{tot} = \max(\sum \text{label\_weight}, 1)`, a sum of the label weights
+  rather than a count of valid elements (mmdetection's ``GHMR``). The returned elements are
+  not divided by tot; mmdetection's loss is, in one line,
+  ``loss.sum() / jnp.maximum(label_weights.sum(), 1)``, i.e. ``loss.mean()`` without label
+  weights. ``momentum=0`` uses this batch's counts only and returns ``state`` untouched;
+  ``momentum > 0`` an un-bias-corrected running average (see ``ghm_c``).
+
+  Refused when concrete (ValueError): ``mu <= 0`` or NaN (at μ = 0 the ASL1 is |d|, whose
+  gradient at d = 0 is undefined) and ``momentum`` outside ``[0, 1)`` or NaN. Under
+  ``jit``/``vmap`` they make the loss and the state NaN instead.
 
   Args:
     preds: floating array of any shape (e.g. box deltas ``[N, 4]``).
     targets: regression targets with the shape of ``preds``.
     state: ``GHMState`` from the previous call, or ``None`` for zero counts.
-    mu: ASL1 smoothness :math:`\mu > 0`; may be traced.
+    mu: ASL1 smoothness :math:`\mu > 0` (0.02 in the paper); may be traced.
     bins: number of bins (a static Python int).
     momentum: EMA factor for the bin counts, in ``[0, 1)``; may be traced.
     label_weights: optional array with the shape of ``preds``; elements with a weight
       ``<= 0`` are ignored.
 
   Returns:
-    ``(loss, new_state)``: the per-element loss, shaped and typed like ``preds``, whose sum
-    is the GHM-R loss, and the updated ``GHMState``.
+    ``(loss, new_state)``: the per-element loss :math:`\mathrm{ASL1}_i \beta_i`, shaped and
+    typed like ``preds`` (no reduction; see above for mmdetection's), and the updated
+    ``GHMState``.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from weightax.losses import ghm_r
-    >>> loss, _ = ghm_r(jnp.array([0.0, 1.0]), jnp.array([0.0, 0.0]), mu=0.0, bins=1)
-    >>> loss.tolist()   # one bin, mu = 0: mean absolute error split over elements
-    [0.0, 0.5]
+    >>> loss, _ = ghm_r(jnp.array([0.0, 1.0]), jnp.array([0.0, 0.0]), mu=0.02, bins=1)
+    >>> [round(v, 4) for v in loss.tolist()]   # one bin: beta = 1, sqrt(1 + mu^2) - mu
+    [0.0, 0.9802]
+    >>> round(float(loss.mean()), 4)   # mmdetection's GHMR (no label weights)
+    0.4901
 
   References:
     Li, Liu, Wang, `Gradient Harmonized Single-stage Detector
@@ -225,6 +273,7 @@ def ghm_r(
   bins = _check_bins(bins, fn)
   preds = _utils.check_logits(preds, fn)
   targets = _utils.check_same_shape(targets, preds, "targets", "preds", fn)
+  _utils.check_range(mu, fn, "mu", lo=0.0, hi=np.inf, lo_open=True)
   if label_weights is None:
     lw = jnp.ones(preds.shape, jnp.float32)
   else:
@@ -232,16 +281,16 @@ def ghm_r(
     lw = lw.astype(jnp.float32)
   valid = lw > 0
   tot = jnp.maximum(jnp.sum(lw), 1.0)
-  d32 = jax.lax.stop_gradient((preds - targets).astype(jnp.float32))
   mu32 = jnp.asarray(mu, jnp.float32)
+  mu_bad = ~(mu32 > 0)
+  mu32 = jnp.where(mu_bad, 1.0, mu32)  # a safe value; the result is NaN anyway
+  d32 = jax.lax.stop_gradient((preds - targets).astype(jnp.float32))
   g = jnp.abs(d32) / jnp.sqrt(d32 * d32 + mu32 * mu32)
-  # mu = 0 and d = 0 give 0/0; such an element is exactly fit, so it belongs in bin 0.
-  g = jnp.where(d32 == 0, 0.0, g)
   edges = (jnp.arange(bins + 1, dtype=jnp.float32) / bins).at[-1].set(1e3)
-  w, new_state = _harmonizing_weights(g, valid, tot, edges, state, momentum, bins, fn)
+  w, new_state = _harmonizing_weights(g, valid, tot, edges, state, momentum, bins, fn, mu_bad)
   dtype = preds.dtype
   d = preds - targets
   mu_ = jnp.asarray(mu).astype(dtype)
   asl1 = jnp.sqrt(d * d + mu_ * mu_) - mu_
-  loss = asl1 * (w / tot).astype(dtype)
+  loss = asl1 * w.astype(dtype)
   return loss.astype(dtype), new_state

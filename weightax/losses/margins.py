@@ -16,10 +16,15 @@ def ldam_margins(class_counts: ArrayLike, *, max_margin: ArrayLike = 0.5) -> jax
 
   .. math:: \Delta_j = \Delta_{\max} \left(\frac{\min_k n_k}{n_j}\right)^{1/4}.
 
-  Counts below 1 (absent classes) are treated as 1, i.e. they get the largest margin.
+  This is the reference code's ``m = n^(-1/4); m *= max_m / max(m)`` for any positive
+  counts, including fractions (class frequencies give the same margins as counts). A class
+  with count 0 (absent) gets the largest margin and the minimum is taken over the present
+  classes (the reference code would divide by zero). Integer counts of any size are
+  converted through float64, so counts above 2^31 do not wrap. Negative or NaN counts
+  raise a ValueError when concrete and give all-NaN margins under ``jit``.
 
   Args:
-    class_counts: training samples per class ``[C]``.
+    class_counts: training samples (or frequencies) per class ``[C]``, ``>= 0``.
     max_margin: the margin of the rarest class; may be traced.
 
   Returns:
@@ -35,8 +40,17 @@ def ldam_margins(class_counts: ArrayLike, *, max_margin: ArrayLike = 0.5) -> jax
     Cao et al., `Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss
     <https://arxiv.org/abs/1906.07413>`_, NeurIPS 2019.
   """
-  n = jnp.maximum(_utils.check_counts(class_counts, "ldam_margins"), 1.0)
-  return jnp.asarray(max_margin, n.dtype) * (jnp.min(n) / n) ** 0.25
+  n = _utils.check_counts(class_counts, "ldam_margins")
+  return _margins(n, max_margin)
+
+
+def _margins(n: jax.Array, max_margin: ArrayLike) -> jax.Array:
+  """Margins in ``n``'s dtype from validated counts (NaN only when traced)."""
+  present = n > 0
+  n_min = jnp.min(jnp.where(present, n, jnp.inf))  # inf only when every class is absent
+  ratio = jnp.where(present, n_min / jnp.where(present, n, 1), 1)
+  margins = jnp.asarray(max_margin, n.dtype) * ratio**0.25
+  return jnp.where(jnp.any(jnp.isnan(n)), jnp.full((), jnp.nan, n.dtype), margins)
 
 
 def ldam_loss(
@@ -63,10 +77,15 @@ def ldam_loss(
   beta=0.9999)`` in the last stage of training. The per-example loss is ``w_y · CE``; the
   reference code's mean divides by :math:`\sum_i w_{y_i}` instead of the batch size.
 
+  Computed in the precision of ``logits`` (float64 logits under x64 give float64 margins
+  and loss; bfloat16/float16 margins are computed in float32 and rounded once). Counts are
+  validated as in ``ldam_margins``.
+
   Args:
     logits: floating array ``[..., C]``.
-    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``.
-    class_counts: training samples per class ``[C]``.
+    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``; entries
+      masked out by ``where`` are ignored (any value, e.g. an ignore index -100).
+    class_counts: training samples (or frequencies) per class ``[C]``, ``>= 0``.
     max_margin: largest margin :math:`\Delta_{\max}` (0.5 in the paper); may be traced.
     scale: logit scale s (30 in the paper); may be traced.
     class_weights: optional per-class weights ``[C]`` (DRW).
@@ -89,12 +108,13 @@ def ldam_loss(
   """
   fn = "ldam_loss"
   logits = _utils.check_logits(logits, fn, min_ndim=1)
-  labels = _utils.check_integer_labels(labels, logits, fn)
-  mask = _utils.check_mask(where, labels.shape, fn)
+  labels, mask = _utils.check_integer_labels(labels, logits, fn, where)
   num_classes = logits.shape[-1]
   dtype = logits.dtype
-  counts = _utils.check_class_vector(class_counts, num_classes, "class_counts", fn, jnp.float32)
-  margins = ldam_margins(counts, max_margin=max_margin).astype(dtype)
+  # Margins in the logits' precision (float64 stays float64), at least float32 for bf16/f16.
+  cdt = jnp.promote_types(dtype, jnp.float32)
+  counts = _utils.check_class_counts(class_counts, num_classes, "class_counts", fn, cdt)
+  margins = _margins(counts, max_margin).astype(dtype)
   onehot = jax.nn.one_hot(labels, num_classes, dtype=dtype)
   shifted = jnp.asarray(scale).astype(dtype) * (logits - margins[labels][..., None] * onehot)
   loss = -_utils.class_logprobs(shifted, labels)[0]
@@ -120,13 +140,17 @@ def logit_adjusted_cross_entropy(
   ``tau = 1`` is the balanced softmax (Ren et al., 2020); ``tau = 0`` is plain
   cross-entropy. Because the softmax is shift-invariant, ``class_priors`` need not be
   normalised: raw class counts give the same loss. Priors are clamped below at the
-  smallest positive normal number of their dtype so that an absent class stays finite. At
-  test time, predict with the raw logits ``z``.
+  smallest positive normal number of their dtype so that an absent class stays finite;
+  negative or NaN priors raise a ValueError when concrete (NaN loss under ``jit``). The
+  shift is computed in the precision of ``logits`` (float64 stays float64 under x64;
+  bfloat16/float16 use float32 and round once). At test time, predict with the raw logits
+  ``z``.
 
   Args:
     logits: floating array ``[..., C]``.
-    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``.
-    class_priors: class frequencies (or counts) ``[C]``, positive.
+    labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``; entries
+      masked out by ``where`` are ignored (any value, e.g. an ignore index -100).
+    class_priors: class frequencies (or counts) ``[C]``, ``>= 0``.
     tau: adjustment strength; may be traced.
     where: optional boolean mask with the shape of ``labels``; masked examples give 0.
 
@@ -148,13 +172,14 @@ def logit_adjusted_cross_entropy(
   """
   fn = "logit_adjusted_cross_entropy"
   logits = _utils.check_logits(logits, fn, min_ndim=1)
-  labels = _utils.check_integer_labels(labels, logits, fn)
-  mask = _utils.check_mask(where, labels.shape, fn)
+  labels, mask = _utils.check_integer_labels(labels, logits, fn, where)
   num_classes = logits.shape[-1]
   dtype = logits.dtype
-  priors = _utils.check_class_vector(class_priors, num_classes, "class_priors", fn, jnp.float32)
-  log_prior = jnp.log(jnp.maximum(priors, jnp.finfo(jnp.float32).tiny))
-  shift = (jnp.asarray(tau, jnp.float32) * log_prior).astype(dtype)
+  # The shift in the logits' precision (float64 stays float64), at least float32.
+  cdt = jnp.promote_types(dtype, jnp.float32)
+  priors = _utils.check_class_counts(class_priors, num_classes, "class_priors", fn, cdt)
+  log_prior = jnp.log(jnp.maximum(priors, jnp.finfo(cdt).tiny))
+  shift = (jnp.asarray(tau, cdt) * log_prior).astype(dtype)
   # Explicit leading axes so the code also runs under jax_numpy_rank_promotion='raise'.
   adjusted = logits + jnp.expand_dims(shift, tuple(range(logits.ndim - 1)))
   loss = -_utils.class_logprobs(adjusted, labels)[0]
