@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from weightax._mtl_fit import MTLFitResult, fit
 from weightax.aggregators._base import combine
 from weightax.jacobian import _check_losses, gramian
 
-__all__ = ["shared_jacobian", "representation_grads", "RepresentationGrads"]
+__all__ = ["fit", "MTLFitResult", "shared_jacobian", "representation_grads", "RepresentationGrads"]
 
 
 def shared_jacobian(

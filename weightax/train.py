@@ -99,11 +99,7 @@ def fit(
   Returns:
     A :class:`FitResult`.
   """
-  if num_steps < 1 or eval_every < 1 or num_steps % eval_every:
-    raise ValueError(
-        "num_steps must be a positive multiple of eval_every; "
-        f"got num_steps={num_steps}, eval_every={eval_every}."
-    )
+  _check_steps(num_steps, eval_every)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   stateful = loss_state is not None
 
@@ -120,6 +116,36 @@ def fit(
     return (optax.apply_updates(p, u), s, ls), {"loss": loss, **(aux or {})}
 
   opt_state = optimizer.init(params)
+  (params, opt_state, loss_state), m, ev = _scan_steps(
+      step, (params, opt_state, loss_state), key, num_steps=num_steps,
+      eval_every=eval_every, eval_fn=eval_fn)
+  return FitResult(params, opt_state, m, ev, loss_state)
+
+
+def _check_steps(num_steps: int, eval_every: int) -> None:
+  if num_steps < 1 or eval_every < 1 or num_steps % eval_every:
+    raise ValueError(
+        "num_steps must be a positive multiple of eval_every; "
+        f"got num_steps={num_steps}, eval_every={eval_every}."
+    )
+
+
+def _scan_steps(
+    step: Callable[[Any, jax.Array], tuple[Any, Any]],
+    carry: Any,
+    key: jax.Array,
+    *,
+    num_steps: int,
+    eval_every: int,
+    eval_fn: Callable[[Any], Any] | None,
+) -> tuple[Any, Any, Any]:
+  """Runs ``step(carry, key_t)`` ``num_steps`` times; ``carry[0]`` must be the params.
+
+  Evaluation runs every ``eval_every`` steps through a nested scan (outer over
+  evaluations, inner over steps) rather than a ``lax.cond``, which under
+  ``vmap`` would evaluate at every step. Returns ``(carry, step metrics
+  [num_steps, ...], eval metrics [num_steps // eval_every + 1, ...] or None)``.
+  """
   n_outer = num_steps // eval_every
   keys = jax.random.split(key, num_steps)
   keys = keys.reshape((n_outer, eval_every) + keys.shape[1:])
@@ -129,10 +155,9 @@ def fit(
     ev = eval_fn(carry[0]) if eval_fn is not None else None
     return carry, (m, ev)
 
-  ev0 = eval_fn(params) if eval_fn is not None else None
-  (params, opt_state, loss_state), (m, ev) = jax.lax.scan(
-      outer, (params, opt_state, loss_state), keys)
+  ev0 = eval_fn(carry[0]) if eval_fn is not None else None
+  carry, (m, ev) = jax.lax.scan(outer, carry, keys)
   m = jax.tree.map(lambda x: x.reshape((num_steps,) + x.shape[2:]), m)
   if eval_fn is not None:
     ev = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), ev0, ev)
-  return FitResult(params, opt_state, m, ev, loss_state)
+  return carry, m, ev
