@@ -75,13 +75,15 @@ def test_grid_reshape_and_exports(tmp_path):
   assert g.shape == (3, 2, 2, 5)
   np.testing.assert_array_equal(g[1, 0, 1], res.metrics["curve"][1 * 4 + 0 * 2 + 1])
   csv_text = res.to_csv(tmp_path / "r.csv").read_text().splitlines()
-  assert csv_text[0] == "lr,w,seed,final" and len(csv_text) == 13
+  header = csv_text[0].split(",")
+  assert header[:4] == ["lr", "w", "seed", "curve[0]"] and len(csv_text) == 13
+  assert "final" in header and "w[4]" in header  # the metric w, beside the axis w
   assert csv_text[1].startswith("0.01,0.5,0,")
   long = res.curves_to_csv(tmp_path / "c.csv", names=["curve"]).read_text().splitlines()
   assert long[0] == "lr,w,seed,step,curve" and len(long) == 1 + 12 * 5
-  data = res.to_json(tmp_path / "r.json")
-  assert json.loads((tmp_path / "r.json").read_text())["shape"] == [3, 2, 2]
-  assert len(data["metrics"]["curve"]) == 12
+  path = res.to_json(tmp_path / "r.json")
+  data = json.loads(path.read_text())
+  assert data["shape"] == [3, 2, 2] and len(data["metrics"]["curve"]) == 12
 
 
 def test_array_valued_axis():
