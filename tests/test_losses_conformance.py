@@ -104,9 +104,8 @@ def test_shape_dtype_finite(case, dtype):
   assert out.shape == out_shape(case)
   assert out.dtype == dtype
   assert np.all(np.isfinite(np.asarray(out, np.float32)))
-  if dtype == jnp.bfloat16:  # close to the float32 result
-    ref = case(*make_inputs(case, dtype=jnp.float32))
-    np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=0.1, atol=0.05)
+  # How close bf16 (and f16) results are to float32 is measured over 50 draws against a
+  # bound derived from each format's precision in test_losses_precision.py.
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

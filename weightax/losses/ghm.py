@@ -291,6 +291,8 @@ def ghm_r(
   dtype = preds.dtype
   d = preds - targets
   mu_ = jnp.asarray(mu).astype(dtype)
-  asl1 = jnp.sqrt(d * d + mu_ * mu_) - mu_
+  # sqrt(d² + μ²) - μ rewritten as d² / (sqrt(d² + μ²) + μ): the same value without the
+  # cancellation that costs bfloat16 most of its digits when |d| << μ.
+  asl1 = d * d / (jnp.sqrt(d * d + mu_ * mu_) + mu_)
   loss = asl1 * w.astype(dtype)
   return loss.astype(dtype), new_state
