@@ -5,6 +5,7 @@ the suite (a new method is added to ``ALL`` and gets every check for free).
 """
 
 import inspect
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -306,3 +307,114 @@ def test_task_specific_leaves_get_the_sum(name, callable_mask):
   outs, _ = _run(tx, params, grads, losses, keys)
   _close(outs["head"], grads["head"].sum(axis=1), rtol=1e-5, atol=1e-6)
   assert _finite(outs["trunk"])
+
+
+# ------------------------------------------------------------------ weights you can watch
+
+WEIGHTING = ALL  # every method here updates shared leaves with Σ_k w_k g_k
+KEY_METHODS = {"random_loss_weighting", "pcgrad"}  # their update raises without a key
+NEEDS_NUM_TASKS = {"dwa", "uncertainty_weighting", "gradnorm"}
+
+
+@pytest.mark.parametrize("name", WEIGHTING)
+def test_task_weights_reproduce_the_update(name):
+  """Σ_k task_weights_k g_k is the update of the shared leaves, at every step."""
+  tx = _make(name, shared=SHARED)
+  params, grads, losses, keys = _setup(seed=15)
+  state = tx.init(params)
+  tw0 = optax.tree_utils.tree_get(state, "task_weights")
+  assert tw0.shape == (K,) and tw0.dtype == jnp.float32 and bool(jnp.all(jnp.isnan(tw0)))
+  update = jax.jit(lambda g, s, ls, k: tx.update(g, s, params, task_losses=ls, key=k))
+  for t in range(T):
+    g = _at(grads, t)
+    u, state = update(g, state, losses[t], keys[t])
+    w = optax.tree_utils.tree_get(state, "task_weights")
+    assert w.shape == (K,) and w.dtype == jnp.float32 and _finite(w)
+    # an independent Σ_k w_k g_k in float64
+    want = jax.tree.map(lambda x, w=w: np.tensordot(np.asarray(w, np.float64),
+                                                    np.asarray(x, np.float64), axes=1),
+                        g["trunk"])
+    _close(u["trunk"], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", WEIGHTING)
+def test_task_weights_are_found_in_any_chain(name):
+  """Nested chains and inject_hyperparams: tree_get still finds the one [K] field."""
+  params, grads, losses, keys = _setup(seed=16, steps=1)
+  inner = optax.inject_hyperparams(_factory(name), static_args=("num_tasks",))(num_tasks=K)
+  tx = optax.chain(optax.chain(inner, optax.identity()), optax.scale(1.0))
+
+  @jax.jit
+  def step(g, ls, k):
+    return tx.update(g, tx.init(params), params, task_losses=ls, key=k)
+
+  u, state = step(_at(grads, 0), losses[0], keys[0])
+  w = optax.tree_utils.tree_get(state, "task_weights")
+  _close(u, jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), _at(grads, 0)))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n not in NEEDS_NUM_TASKS])
+def test_without_num_tasks_task_weights_is_none(name):
+  """init sees only the parameters, so without num_tasks there is no [K] field to fill."""
+  params, grads, losses, keys = _setup(seed=17, steps=1)
+  tx = optax.chain(_factory(name)(), optax.sgd(0.1))
+  state = tx.init(params)
+  assert optax.tree_utils.tree_get(state, "task_weights", default=None) is None
+  _, state = tx.update(_at(grads, 0), state, params, task_losses=losses[0], key=keys[0])
+  assert optax.tree_utils.tree_get(state, "task_weights", default=None) is None
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_NUM_TASKS))
+def test_missing_num_tasks_says_what_to_pass(name):
+  with pytest.raises(TypeError, match=rf"needs num_tasks=K.*{name}\(num_tasks=3\)"):
+    _factory(name)()
+
+
+@pytest.mark.parametrize("name", sorted(KEY_METHODS))
+def test_random_methods_refuse_to_run_without_a_key(name):
+  params, grads, losses, _ = _setup(seed=18, steps=1)
+  tx = _make(name)
+  with pytest.raises(ValueError, match="key"):
+    tx.update(_at(grads, 0), tx.init(params), params, task_losses=losses[0])
+
+
+def test_pcgrad_fixed_order_is_explicit():
+  """order="fixed" needs no key, ignores one, and visits 0, ..., K-1 (Algorithm 1, by hand)."""
+  j = np.array([[1.0, 0.0, 0.0], [-0.9, 1.0, 0.0], [-0.5, -0.8, 1.0]])
+  out = np.zeros(3)
+  for i in range(3):
+    gi = j[i].copy()
+    for m in range(3):
+      if m != i and gi @ j[m] < 0:
+        gi -= (gi @ j[m]) / (j[m] @ j[m]) * j[m]
+    out += gi
+  tx = wx.pcgrad(order="fixed")
+  grads = {"w": jnp.asarray(j, jnp.float32)}
+  u, _ = tx.update(grads, tx.init(None))
+  np.testing.assert_allclose(u["w"], out, rtol=1e-5)
+  v, _ = tx.update(grads, tx.init(None), key=jax.random.key(0))
+  np.testing.assert_allclose(v["w"], out, rtol=1e-5)
+  with pytest.raises(ValueError, match="order"):
+    wx.pcgrad(order="shuffled")
+
+
+def test_nash_mtl_caching_needs_num_tasks():
+  with pytest.raises(ValueError, match="pass num_tasks=K"):
+    wx.nash_mtl(update_weights_every=2)
+
+
+def test_readme_says_which_methods_require_num_tasks():
+  """The README table's `num_tasks` column says "required" exactly where the signature does."""
+  readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+  lines = [ln for ln in readme.split("## Multi-task methods", 1)[1].splitlines()
+           if ln.startswith("|")]
+  header = [c.strip() for c in lines[0].strip("|").split("|")]
+  col = header.index("`num_tasks`")
+  said = {}
+  for ln in lines[2:]:
+    cells = [c.strip() for c in ln.strip("|").split("|")]
+    said[cells[0].strip("`").split("`")[0]] = cells[col]
+  for name in ALL:
+    required = inspect.signature(_factory(name)).parameters["num_tasks"].default is (
+        inspect.Parameter.empty)
+    assert said[name].startswith("required") == required, (name, said[name])

@@ -147,3 +147,49 @@ def test_weights_stay_non_negative():
   assert min(lowest) >= 0.0
   np.testing.assert_allclose(float(state.weights.sum()), 2.0, rtol=1e-6)
   assert float(state.weights[0]) < 0.1 < 1.9 < float(state.weights[1])
+
+
+def _scan_updates(losses, grads=None, **kwargs):
+  """The updates and applied weights of GradNorm over a sequence of losses [T, K]."""
+  grads = {"w": jnp.diag(jnp.array([3.0, 1.0, 0.5]))} if grads is None else grads
+  tx = wx.gradnorm(num_tasks=K, **kwargs)
+
+  def body(state, ls):
+    u, state = tx.update(grads, state, task_losses=ls)
+    return state, (u["w"], state.task_weights, state.weights)
+
+  _, out = jax.jit(lambda ls: jax.lax.scan(body, tx.init(None), ls))(losses)
+  return out
+
+
+@pytest.mark.parametrize("bad_step", [0, 25])
+def test_nan_loss_is_never_reset(bad_step):
+  """A NaN loss (at the first step: in L(0)) shows as NaN in the next updates; it must not be
+  replaced by the weights' reset to 1."""
+  steps = 30
+  losses = jnp.tile(jnp.array([1.0, 0.9, 0.8]), (steps, 1)) * 0.98 ** jnp.arange(steps)[:, None]
+  u, applied, _ = _scan_updates(losses.at[bad_step, 1].set(jnp.nan))
+  clean_u, clean_applied, _ = _scan_updates(losses)
+  # up to and including the bad step, the update uses weights learned from finite losses
+  np.testing.assert_allclose(u[: bad_step + 1], clean_u[: bad_step + 1], rtol=1e-6)
+  np.testing.assert_allclose(applied[: bad_step + 1], clean_applied[: bad_step + 1], rtol=1e-6)
+  # from the next step on, the weights and every shared coordinate of the update are NaN
+  assert bool(jnp.all(jnp.isnan(applied[bad_step + 1:])))
+  assert bool(jnp.all(jnp.isnan(u[bad_step + 1:])))
+
+
+def test_nan_gradient_is_never_reset():
+  grads = {"w": jnp.diag(jnp.array([3.0, jnp.nan, 0.5]))}
+  u, applied, weights = _scan_updates(jnp.ones((3, K)), grads=grads)
+  assert bool(jnp.all(jnp.isnan(weights))) and bool(jnp.all(jnp.isnan(applied[1:])))
+  assert bool(jnp.all(jnp.isnan(u[1:])))
+
+
+def test_all_zero_weights_still_reset_to_one():
+  """The documented reset (every weight projected to 0) is kept for finite weights."""
+  flip = optax.GradientTransformation(  # a weight "optimizer" whose step sends w to -w
+      lambda p: optax.EmptyState(), lambda g, s, p=None: (-2.0 * p, s))
+  tx = wx.gradnorm(num_tasks=K, optimizer=flip)
+  _, state = tx.update({"w": jnp.eye(K)}, tx.init(None), task_losses=jnp.ones(K))
+  np.testing.assert_array_equal(state.weights, np.ones(K))
+  np.testing.assert_array_equal(state.task_weights, np.ones(K))

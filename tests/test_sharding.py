@@ -43,14 +43,16 @@ SCRIPT = textwrap.dedent('''
       def per_device(g, l):
         g = jax.tree.map(lambda x: x[0], g)
         state = tx.init({"w": g["w"][0]})
-        u, _ = tx.update(g, state, {"w": g["w"][0]}, task_losses=l[0])
+        u, _ = tx.update(g, state, {"w": g["w"][0]}, task_losses=l[0],
+                         key=jax.random.key(3))  # pcgrad's random order
         return jax.tree.map(lambda x: x[None], u)
       f = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("d"), P("d")),
                                 out_specs=P("d")))
       out = f(grads, losses)
       for i in range(2):
         ref, _ = tx.update(jax.tree.map(lambda x: x[i], grads), tx.init({"w": grads["w"][i, 0]}),
-                           {"w": grads["w"][i, 0]}, task_losses=losses[i])
+                           {"w": grads["w"][i, 0]}, task_losses=losses[i],
+                           key=jax.random.key(3))
         np.testing.assert_allclose(out["w"][i], ref["w"], rtol=2e-4, atol=1e-6, err_msg=name)
     print("SHARDING-OK")
 ''')

@@ -5,16 +5,19 @@ into one update shaped like the parameters. Most methods only need the Gramian
 ``G = J Jᵀ`` of the shared part of ``J`` and return task weights ``w``; the
 update is then ``Σ_k w_k g_k`` on shared leaves. :func:`gramian_aggregator`
 builds such a transform from a pure weighting function so that each method
-module only writes its mathematics.
+module only writes its mathematics, and records the weights it applied in the
+state's ``task_weights`` field when K is known (``num_tasks``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from weightax.jacobian import gramian as _gramian
@@ -29,13 +32,22 @@ __all__ = [
     "combine",
     "gramian_aggregator",
     "EmptyAggregatorState",
+    "init_task_weights",
+    "requires_num_tasks",
+    "with_task_weights",
 ]
 
 SharedMask = Any | Callable[[Any], Any] | None
 
 
 class EmptyAggregatorState(NamedTuple):
-  """State of an aggregator that keeps nothing between steps."""
+  """State of an aggregator that keeps nothing between steps but the weights it applied.
+
+  ``task_weights`` is ``[K]`` float32 when the aggregator is built with
+  ``num_tasks=K`` (NaN until the first update), else ``None``.
+  """
+
+  task_weights: jax.Array | None = None
 
 
 class WeightFn(Protocol):
@@ -44,6 +56,40 @@ class WeightFn(Protocol):
   def __call__(
       self, gramian: jax.Array, task_losses: jax.Array | None, state: Any, key: jax.Array | None
   ) -> tuple[jax.Array, Any]: ...
+
+
+def requires_num_tasks(why: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+  """Decorates a factory whose state needs K: a missing ``num_tasks`` says what to pass.
+
+  The signature is kept (``num_tasks`` stays a required keyword), so
+  ``inspect.signature`` and ``optax.inject_hyperparams`` see the factory's own.
+
+  Args:
+    why: what the state keeps in ``[K]`` arrays, for the message.
+
+  Returns:
+    The decorator.
+  """
+
+  def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
+    name = factory.__name__
+
+    @functools.wraps(factory)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+      k = kwargs.get("num_tasks")
+      if k is None:
+        raise TypeError(
+            f"{name} needs num_tasks=K, the number of tasks (the size of the leading axis of "
+            f"task_grads and of task_losses), e.g. weightax.{name}(num_tasks=3): {why} Optax's "
+            "init sees only the parameters, so K must be given to the factory."
+        )
+      if isinstance(k, int) and not isinstance(k, bool) and k < 1:
+        raise ValueError(f"{name}: num_tasks must be a positive number of tasks; got {k}.")
+      return factory(*args, **kwargs)
+
+    return wrapper
+
+  return decorate
 
 
 def check_task_grads(
@@ -79,24 +125,79 @@ def check_task_losses(
   return task_losses
 
 
-def resolve_shared(shared: SharedMask, tree: Any) -> Any:
-  """The boolean mask of shared leaves for ``tree`` (all True when ``shared`` is None).
+def _static_bool(m: Any) -> bool:
+  """A mask leaf as a Python bool; a clear error for anything that is not a static bool."""
+  if isinstance(m, bool | np.bool_):
+    return bool(m)
+  if (isinstance(m, np.ndarray | jax.Array) and not isinstance(m, jax.core.Tracer)
+      and m.shape == () and m.dtype == bool):
+    return bool(m)
+  raise TypeError(
+      "The `shared` mask's leaves must be static bools (True for shared parameters), as in "
+      f"optax.masked; got {m!r} of type {type(m).__name__}."
+  )
 
-  Like ``optax.masked``: ``shared`` is either a pytree of bools with the
-  structure of the parameters, or a callable returning one from the
-  parameters.
+
+def resolve_shared(shared: SharedMask, tree: Any) -> Any:
+  """The boolean mask of shared leaves for ``tree``: one Python bool per leaf of ``tree``.
+
+  ``shared`` takes the forms ``optax.masked`` takes: ``None`` (every leaf is
+  shared), a pytree of bools with the structure of the parameters *or a prefix
+  of it* (a bool at an inner node applies to its whole subtree, e.g.
+  ``{"trunk": True, "heads": False}``), or a callable returning either from
+  the parameters. The leaves must be static (Python or NumPy bools).
+
+  Args:
+    shared: the mask, its prefix, a callable, or None.
+    tree: the parameters (or any pytree with their structure).
+
+  Returns:
+    A pytree with the structure of ``tree`` whose leaves are Python bools.
+
+  Example:
+    >>> import jax.numpy as jnp, weightax as wx
+    >>> params = {"trunk": {"w": jnp.ones(2), "b": jnp.ones(())}, "heads": [jnp.ones(3)]}
+    >>> wx.aggregators.resolve_shared({"trunk": True, "heads": False}, params)
+    {'heads': [False], 'trunk': {'b': True, 'w': True}}
   """
   if shared is None:
     return jax.tree.map(lambda _: True, tree)
   mask = shared(tree) if callable(shared) else shared
   try:
-    jax.tree.map(lambda _x, _m: None, tree, mask)
-  except ValueError as e:
+    # The mask goes first, as in optax.masked: each of its leaves meets a whole subtree.
+    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, tree)
+  except (ValueError, TypeError) as e:
     raise ValueError(
-        "The `shared` mask must have the structure of the parameters "
-        f"({jax.tree.structure(tree)}); got {jax.tree.structure(mask)}."
+        "The `shared` mask must have the structure of the parameters or a prefix of it (as in "
+        f"optax.masked); parameters: {jax.tree.structure(tree)}; mask: "
+        f"{jax.tree.structure(mask)}."
     ) from e
-  return mask
+  return jax.tree.map(_static_bool, full)
+
+
+def init_task_weights(num_tasks: int | None) -> jax.Array | None:
+  """A fresh state's ``task_weights``: ``[K]`` NaN (no update yet) with ``num_tasks=K``, else None.
+
+  ``optax``'s ``init`` sees only the parameters, so a state can only hold a
+  ``[K]`` array when K is given to the factory.
+  """
+  if num_tasks is None:
+    return None
+  return jnp.full((num_tasks,), jnp.nan, jnp.float32)
+
+
+def with_task_weights(state: Any, weights: jax.Array | None, num_tasks: int | None) -> Any:
+  """``state`` with its ``task_weights`` field set to the ``[K]`` weights just applied.
+
+  Left as is without ``num_tasks`` (the field then stays None, so that the
+  state's structure never depends on the data) or when the state has no such
+  field (a custom ``init_fn`` of :func:`gramian_aggregator`).
+  """
+  if num_tasks is None or "task_weights" not in getattr(state, "_fields", ()):
+    return state
+  if weights is None:  # not a weighting: say so with NaN rather than a made-up number
+    weights = jnp.full((num_tasks,), jnp.nan, jnp.float32)
+  return state._replace(task_weights=jnp.asarray(weights, jnp.float32))
 
 
 def combine(task_grads: Any, weights: jax.Array) -> Any:
@@ -181,11 +282,24 @@ def gramian_aggregator(
 ) -> optax.GradientTransformationExtraArgs:
   """Builds an aggregator from a weighting of the Gramian of the shared gradients.
 
+  .. math:: w = \\text{weight\\_fn}(G_{shared}, L, \\text{state}, \\text{key}), \\qquad
+     u_{shared} = \\sum_k w_k g_k, \\qquad u_{task\\text{-}specific} = \\sum_k g_k
+
+  ``G`` is the Gramian of the shared leaves only (``shared`` mask). When the
+  state (a NamedTuple) has a field ``task_weights`` and ``num_tasks=K`` is
+  given, that field holds the ``[K]`` float32 weights applied at the last
+  update (NaN before the first), so
+  ``optax.tree_utils.tree_get(opt_state, "task_weights")`` finds them in any
+  chain; without ``num_tasks`` it stays ``None`` (``init`` sees only the
+  parameters, so it cannot size a ``[K]`` array). Declare it in a custom
+  state as ``task_weights: jax.Array | None = None``.
+
   Args:
     weight_fn: ``(gramian, task_losses, state, key) -> (weights, new_state)``.
     init_fn: returns the initial state (shapes from constructor arguments only).
-    num_tasks: K, checked against the data when given.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    num_tasks: K, checked against the data when given; sizes ``task_weights``.
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree of
+      bools, a prefix of the parameters' structure, or a callable on params).
     name: used in error messages.
     needs_losses: whether ``task_losses`` is required.
     needs_gramian: set False for methods that weight from the losses alone
@@ -203,10 +317,23 @@ def gramian_aggregator(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose update maps per-task
     gradients to one params-shaped update.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, weightax as wx
+    >>> def halves(gramian, task_losses, state, key):  # a fixed weighting
+    ...   return jnp.full(gramian.shape[0], 0.5), state
+    >>> tx = optax.chain(wx.gramian_aggregator(halves, num_tasks=2), optax.sgd(1.0))
+    >>> params = {"w": jnp.zeros(2)}
+    >>> u, state = tx.update({"w": jnp.eye(2)}, tx.init(params), params)
+    >>> optax.tree_utils.tree_get(state, "task_weights").tolist()
+    [0.5, 0.5]
   """
   def init(params: Any) -> Any:
     del params
-    return init_fn()
+    state = init_fn()
+    if "task_weights" in getattr(state, "_fields", ()):
+      state = state._replace(task_weights=init_task_weights(num_tasks))
+    return state
 
   def update(
       task_grads: Any,
@@ -237,6 +364,6 @@ def gramian_aggregator(
     weights = jnp.asarray(weights, jnp.float32)
     if weights.shape != (k,):
       raise AssertionError(f"{name}: weighting returned shape {weights.shape}, expected ({k},)")
-    return apply_weights(task_grads, weights, mask), state
+    return apply_weights(task_grads, weights, mask), with_task_weights(state, weights, num_tasks)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -16,7 +16,9 @@ _NAME = "cagrad"
 
 
 class CAGradState(NamedTuple):
-  """CAGrad keeps nothing between steps."""
+  """CAGrad keeps nothing between steps but the weights it applied (``num_tasks`` given)."""
+
+  task_weights: jax.Array | None = None  # [K] weights of the last update (None without num_tasks)
 
 
 def cagrad(
@@ -44,12 +46,21 @@ def cagrad(
   leaves, and with a ``shared`` mask task-specific leaves receive
   ``Σ_k g_k`` (the Nash-MTL code only handles shared parameters).
 
+  On K identical task gradients ``g``, ``g_w = g0 = g`` and ``d = g +
+  c‖g‖·g/‖g‖``, so the update is ``(1+c)/(1+c²)·g`` (``(1+c)·g`` with
+  ``rescale=False``).
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``w`` of ``u = Σ_k w_k g_k`` of the last update (NaN before the first;
+  ``None`` without ``num_tasks``), so ``optax.tree_utils.tree_get(state,
+  "task_weights")`` finds them in a chain.
+
   Args:
     c: radius of the ball around ``g0``, relative to ``‖g0‖``; may be traced.
     rescale: divide the update by ``1 + c²`` (a Python bool).
     reg_eps: relative ridge of the dual QP; may be traced.
     num_tasks: K, checked against the data when given.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; put it first in a chain.

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from weightax.aggregators._base import SharedMask, gramian_aggregator
+from weightax.aggregators._base import SharedMask, gramian_aggregator, requires_num_tasks
 
 __all__ = ["dwa", "DWAState"]
 
@@ -22,8 +22,10 @@ class DWAState(NamedTuple):
   loss_sum: jax.Array  # [K] running sum of the losses of the period in progress
   last: jax.Array  # [K] mean loss of the last completed period, L(t-1)
   before_last: jax.Array  # [K] mean loss of the period before it, L(t-2)
+  task_weights: jax.Array | None = None  # [K] weights applied at the last update
 
 
+@requires_num_tasks("its state keeps each task's recent mean losses as [K] arrays.")
 def dwa(
     *,
     temperature: float | jax.Array = 2.0,
@@ -55,12 +57,20 @@ def dwa(
   ``shared`` mask, task-specific leaves receive ``Σ_k g_k`` (the aggregator
   contract); ``shared=None`` is ``jax.grad`` of ``Σ_k w_k L_k``.
 
+  On K identical task gradients ``g`` the update is ``K·g`` (the weights sum to
+  K: ``w = 1`` during the first two periods, ``K·softmax`` afterwards).
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``w`` of the last update (NaN before the first; ``None`` without
+  ``num_tasks``), so ``optax.tree_utils.tree_get(state, "task_weights")`` finds
+  them in a chain.
+
   Args:
     temperature: the softmax temperature T (2 in the paper); may be traced.
     period: the number of steps averaged into one loss measurement (≥ 1); may
       be traced.
     num_tasks: K, which fixes the shapes of the loss history in the state.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires

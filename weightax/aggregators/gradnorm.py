@@ -13,8 +13,11 @@ from weightax.aggregators._base import (
     apply_weights,
     check_task_grads,
     check_task_losses,
+    init_task_weights,
+    requires_num_tasks,
     resolve_shared,
     split_shared,
+    with_task_weights,
 )
 
 __all__ = ["gradnorm", "GradNormState"]
@@ -29,6 +32,7 @@ class GradNormState(NamedTuple):
   initial_losses: jax.Array  # [K], L(0), recorded at the first update
   step: jax.Array  # int32: updates seen so far
   opt_state: optax.OptState
+  task_weights: jax.Array | None = None  # [K] the weights applied at the last update
 
 
 def _task_norms(leaves: list[jax.Array], k: int) -> jax.Array:
@@ -46,6 +50,7 @@ def _safe_div(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(ok, a / jnp.where(ok, b, 1.0), 1.0)
 
 
+@requires_num_tasks("its state keeps the K learned weights and the K first losses.")
 def gradnorm(
     *,
     alpha: float | jax.Array = 1.5,
@@ -76,8 +81,10 @@ def gradnorm(
   balanced tasks are left alone (with K = 1, ``w = 1`` always).
 
   Between the step and the renormalisation the weights are projected onto
-  :math:`w \\ge 0` (and reset to 1 should all of them reach 0). The paper does
-  not say this; without it, on its own toy (σ = (1, 100), α = 0.12) the
+  :math:`w \\ge 0` (and reset to 1 should all of them reach 0; a NaN, from a
+  NaN loss, first loss or gradient, is never reset: the weights become NaN, so
+  the next update is NaN, as with the other methods). The paper does not say
+  this; without the projection, on its own toy (σ = (1, 100), α = 0.12) the
   large-σ task's balanced weight (≈ 0.02) is below Adam's step of 0.025 and
   the weight oscillates through negative values, which *ascends* that task's
   loss.
@@ -92,18 +99,26 @@ def gradnorm(
   With a ``shared`` mask, task-specific leaves receive ``Σ_k g_k`` (the
   aggregator contract); ``shared=None`` is ``jax.grad`` of ``Σ_k w_k L_k``.
 
+  On K identical task gradients ``g`` the update is ``K·g`` at every step (the
+  weights start at 1 and are renormalised to sum to K).
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``w`` *applied* (``weights`` holds the next ones) of the last update (NaN
+  before the first; ``None`` without ``num_tasks``), so
+  ``optax.tree_utils.tree_get(state, "task_weights")`` finds them in a chain.
+
   Args:
     alpha: the restoring-force strength α (1.5 for NYUv2, 0.12 for the paper's
       toy); may be traced.
     learning_rate: Adam's learning rate for ``w``; may be traced. Ignored when
       ``optimizer`` is given.
-    layer: which shared leaves define ``W``: a pytree of bools with the
-      structure of the parameters or a callable on them (like ``shared``).
+    layer: which shared leaves define ``W``, in the forms ``shared`` takes (a
+      pytree of bools, a prefix of the parameters' structure, or a callable).
       ``None`` is every shared leaf. Under ``optax.inject_hyperparams`` list
       a callable in ``static_args``.
     optimizer: an Optax transformation for ``w`` replacing the default Adam.
     num_tasks: K, which fixes the shapes in the state.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
@@ -134,6 +149,7 @@ def gradnorm(
         initial_losses=jnp.ones((num_tasks,), jnp.float32),
         step=jnp.zeros([], jnp.int32),
         opt_state=opt.init(w),
+        task_weights=init_task_weights(num_tasks),
     )
 
   def layer_leaves(task_grads: Any, params: Any, mask: Any) -> list[jax.Array]:
@@ -180,12 +196,15 @@ def gradnorm(
     step, opt_state = opt.update(grad_w, state.opt_state, w)
     new_w = jnp.maximum(optax.apply_updates(w, step).astype(jnp.float32), 0.0)
     total = jnp.sum(new_w)
-    new_w = jnp.where(total > 0, k * new_w / jnp.where(total > 0, total, 1.0), 1.0)
+    # Reset to 1 only when every weight reached 0. A NaN (from a NaN loss, L(0) or gradient)
+    # fails `total > 0` too, but must stay NaN, so that it shows in the next update.
+    reset = jnp.where(jnp.isnan(total), jnp.nan, 1.0)
+    new_w = jnp.where(total > 0, k * new_w / jnp.where(total > 0, total, 1.0), reset)
 
     new_state = GradNormState(
         weights=new_w, initial_losses=l0, step=optax.safe_increment(state.step),
-        opt_state=opt_state,
+        opt_state=opt_state, task_weights=state.task_weights,
     )
-    return apply_weights(task_grads, w, mask), new_state
+    return apply_weights(task_grads, w, mask), with_task_weights(new_state, w, num_tasks)
 
   return optax.GradientTransformationExtraArgs(init, update)

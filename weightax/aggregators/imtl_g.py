@@ -16,7 +16,9 @@ _NAME = "imtl_g"
 
 
 class IMTLGState(NamedTuple):
-  """IMTL-G keeps nothing between steps."""
+  """IMTL-G keeps nothing between steps but the weights it applied (``num_tasks`` given)."""
+
+  task_weights: jax.Array | None = None  # [K] weights of the last update (None without num_tasks)
 
 
 def imtl_g(
@@ -36,9 +38,17 @@ def imtl_g(
   shared leaves; with a ``shared`` mask, task-specific leaves receive
   ``Σ_k g_k``.
 
+  On K identical task gradients ``g`` the update is ``g`` (every ``u`` has equal
+  projections, and the weights sum to 1).
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``w`` of the last update (NaN before the first; ``None`` without
+  ``num_tasks``), so ``optax.tree_utils.tree_get(state, "task_weights")`` finds
+  them in a chain.
+
   Args:
     num_tasks: K, checked against the data when given.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; put it first in a chain.

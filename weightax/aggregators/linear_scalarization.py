@@ -13,7 +13,9 @@ from weightax.aggregators._base import (
     apply_weights,
     check_task_grads,
     check_task_losses,
+    init_task_weights,
     split_shared,
+    with_task_weights,
 )
 
 __all__ = ["linear_scalarization", "LinearScalarizationState"]
@@ -22,7 +24,9 @@ _NAME = "linear_scalarization"
 
 
 class LinearScalarizationState(NamedTuple):
-  """Linear scalarization keeps nothing between steps."""
+  """Linear scalarization keeps only the weights it applied (``num_tasks`` given)."""
+
+  task_weights: jax.Array | None = None  # [K] weights of the last update (None without num_tasks)
 
 
 def linear_scalarization(
@@ -45,11 +49,19 @@ def linear_scalarization(
   task-specific leaf receives ``Σ_k g_k`` (the aggregator contract). Leave
   ``shared=None`` to reproduce ``jax.grad`` of ``Σ_k w_k L_k`` on every leaf.
 
+  On K identical task gradients ``g`` the update is ``(Σ_k w_k)·g``: ``K·g``
+  with the default weights.
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``w`` of the last update (NaN before the first; ``None`` without
+  ``num_tasks``), so ``optax.tree_utils.tree_get(state, "task_weights")`` finds
+  them in a chain.
+
   Args:
     weights: the ``[K]`` task weights; a traced array is fine, e.g. under
       ``optax.inject_hyperparams``. ``None`` means ``w_k = 1``.
     num_tasks: K, checked against the data (and against ``weights``) when given.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``task_losses`` and ``key``
@@ -75,7 +87,7 @@ def linear_scalarization(
 
   def init(params: Any) -> LinearScalarizationState:
     del params
-    return LinearScalarizationState()
+    return LinearScalarizationState(task_weights=init_task_weights(num_tasks))
 
   def update(
       task_grads: Any,
@@ -99,6 +111,6 @@ def linear_scalarization(
             f"expected ({k},)."
         )
     mask, _ = split_shared(task_grads, params, shared)
-    return apply_weights(task_grads, w, mask), state
+    return apply_weights(task_grads, w, mask), with_task_weights(state, w, num_tasks)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -16,7 +16,9 @@ _NAME = "mgda"
 
 
 class MGDAState(NamedTuple):
-  """MGDA keeps nothing between steps."""
+  """MGDA keeps nothing between steps but the weights it applied (``num_tasks`` given)."""
+
+  task_weights: jax.Array | None = None  # [K] weights of the last update (None without num_tasks)
 
 
 def mgda(
@@ -41,10 +43,18 @@ def mgda(
   apply :func:`weightax.weightings.mgda` to the Gramian of the gradients with
   respect to the shared representation and scalarize the losses with it.
 
+  On K identical task gradients ``g`` the update is ``g`` (every convex
+  combination of ``g`` is ``g``).
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``λ*`` of the last update (NaN before the first; ``None`` without
+  ``num_tasks``), so ``optax.tree_utils.tree_get(state, "task_weights")`` finds
+  them in a chain.
+
   Args:
     reg_eps: relative ridge of the K > 2 solver; may be traced.
     num_tasks: K, checked against the data when given.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; put it first in a chain.

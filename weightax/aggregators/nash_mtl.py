@@ -21,6 +21,7 @@ class NashMTLState(NamedTuple):
 
   count: jax.Array  # int32: updates seen so far
   alpha: jax.Array  # [K] (or [0] without num_tasks): unclipped α, in gradient units
+  task_weights: jax.Array | None = None  # [K] applied weights α·clip (None without num_tasks)
 
 
 def nash_mtl(
@@ -50,13 +51,23 @@ def nash_mtl(
   unclipped (the code only clips the shared parameters, and there uses the
   weighted loss, which gives head k the gradient ``α_k g_k`` instead).
 
+  On K identical task gradients ``g``, ``Gα = 1/α`` gives ``α_k = 1/(√K‖g‖)``
+  and ``Jᵀα = √K·g/‖g‖``: the update is ``g/‖g‖`` with the default
+  ``max_norm=1`` (``max_norm·g/‖g‖`` when ``max_norm < √K``), ``√K·g/‖g‖`` with
+  ``max_norm=0``.
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``w`` (α after the clip) of the last update (NaN before the first; ``None``
+  without ``num_tasks``), so ``optax.tree_utils.tree_get(state,
+  "task_weights")`` finds them in a chain.
+
   Args:
     max_norm: the largest norm of the shared update; may be traced.
     update_weights_every: recompute α every this many steps (>= 1); may be
       traced. Values above 1 need ``num_tasks`` (α lives in the state).
     reg_eps: relative ridge, so that α exists for dependent gradients.
     num_tasks: K; fixes the shape of the cached α.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; put it first in a chain.

@@ -13,7 +13,9 @@ from weightax.aggregators._base import (
     apply_weights,
     check_task_grads,
     check_task_losses,
+    init_task_weights,
     split_shared,
+    with_task_weights,
 )
 
 __all__ = ["random_loss_weighting", "RandomLossWeightingState"]
@@ -22,7 +24,9 @@ _NAME = "random_loss_weighting"
 
 
 class RandomLossWeightingState(NamedTuple):
-  """RLW keeps nothing between steps: the randomness comes from ``key``."""
+  """RLW keeps only the weights it drew (``num_tasks`` given); the randomness is ``key``."""
+
+  task_weights: jax.Array | None = None  # [K] weights of the last update (None without num_tasks)
 
 
 def random_loss_weighting(
@@ -45,9 +49,17 @@ def random_loss_weighting(
   With a ``shared`` mask, task-specific leaves receive ``Σ_k g_k`` (the
   aggregator contract); ``shared=None`` is ``jax.grad`` of ``Σ_k w_k L_k``.
 
+  On K identical task gradients ``g`` the update is ``g`` (the weights sum to
+  1).
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``w`` it drew of the last update (NaN before the first; ``None`` without
+  ``num_tasks``), so ``optax.tree_utils.tree_get(state, "task_weights")`` finds
+  them in a chain.
+
   Args:
     num_tasks: K, checked against the data when given.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
@@ -68,7 +80,7 @@ def random_loss_weighting(
 
   def init(params: Any) -> RandomLossWeightingState:
     del params
-    return RandomLossWeightingState()
+    return RandomLossWeightingState(task_weights=init_task_weights(num_tasks))
 
   def update(
       task_grads: Any,
@@ -89,6 +101,6 @@ def random_loss_weighting(
       )
     w = jax.nn.softmax(jax.random.normal(key, (k,), jnp.float32))
     mask, _ = split_shared(task_grads, params, shared)
-    return apply_weights(task_grads, w, mask), state
+    return apply_weights(task_grads, w, mask), with_task_weights(state, w, num_tasks)
 
   return optax.GradientTransformationExtraArgs(init, update)

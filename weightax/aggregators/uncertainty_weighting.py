@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from weightax.aggregators._base import SharedMask, gramian_aggregator
+from weightax.aggregators._base import SharedMask, gramian_aggregator, requires_num_tasks
 
 __all__ = ["uncertainty_weighting", "UncertaintyWeightingState"]
 
@@ -20,6 +20,7 @@ class UncertaintyWeightingState(NamedTuple):
 
   log_vars: jax.Array  # [K]
   opt_state: optax.OptState
+  task_weights: jax.Array | None = None  # [K] weights e^{-s}/2 applied at the last update
 
 
 def _objective(log_vars: jax.Array, task_losses: jax.Array) -> jax.Array:
@@ -27,6 +28,7 @@ def _objective(log_vars: jax.Array, task_losses: jax.Array) -> jax.Array:
   return 0.5 * jnp.sum(jnp.exp(-log_vars) * task_losses + log_vars)
 
 
+@requires_num_tasks("its state keeps the K learned log-variances.")
 def uncertainty_weighting(
     *,
     learning_rate: float | jax.Array = 1e-3,
@@ -65,13 +67,21 @@ def uncertainty_weighting(
   With a ``shared`` mask, task-specific leaves receive ``Σ_k g_k`` (the
   aggregator contract); ``shared=None`` is ``jax.grad`` of ``Σ_k w_k L_k``.
 
+  On K identical task gradients ``g`` the update is ``(Σ_k ½e^{-s_k})·g``,
+  ``K/2·g`` at the first update (``s_0 = 0``).
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``½e^{-s}`` applied (before ``s`` steps) of the last update (NaN before the
+  first; ``None`` without ``num_tasks``), so ``optax.tree_utils.tree_get(state,
+  "task_weights")`` finds them in a chain.
+
   Args:
     learning_rate: Adam's learning rate for ``s``; may be traced. Ignored when
       ``optimizer`` is given.
     init_log_variance: :math:`s_0`, the same for every task; may be traced.
     optimizer: an Optax transformation for ``s`` replacing the default Adam.
     num_tasks: K, which fixes the shape of ``s``.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires

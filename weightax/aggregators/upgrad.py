@@ -16,7 +16,9 @@ _NAME = "upgrad"
 
 
 class UPGradState(NamedTuple):
-  """UPGrad keeps nothing between steps."""
+  """UPGrad keeps nothing between steps but the weights it applied (``num_tasks`` given)."""
+
+  task_weights: jax.Array | None = None  # [K] weights of the last update (None without num_tasks)
 
 
 def upgrad(
@@ -41,11 +43,20 @@ def upgrad(
   Computed on the Gramian of the shared leaves; with a ``shared`` mask,
   task-specific leaves receive ``Σ_k g_k``.
 
+  On K identical task gradients ``g`` nothing conflicts: each ``u_i g`` already
+  lies in the dual cone, and the update is ``(Σ_i u_i)·g``, ``g`` with the
+  default preference ``1/K``.
+  With ``num_tasks=K`` the state's ``task_weights`` holds the ``[K]`` weights
+  ``w`` of ``u = Σ_k w_k g_k`` of the last update (NaN before the first;
+  ``None`` without ``num_tasks``), so ``optax.tree_utils.tree_get(state,
+  "task_weights")`` finds them in a chain.
+
   Args:
     pref_vector: ``[K]`` preference vector; ``None`` means ``1/K``. May be traced.
     reg_eps: ridge on the trace-normalised Gramian; may be traced.
     num_tasks: K, checked against the data when given.
-    shared: mask of shared parameters (pytree of bools or callable on params).
+    shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
+      of bools, a prefix of the parameters' structure, or a callable on params).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; put it first in a chain.

@@ -1,0 +1,91 @@
+"""The scale each docstring documents, on K > 1 identical task gradients.
+
+With every ``g_k = g`` the methods' formulas collapse to a multiple of ``g`` that
+can be derived by hand from each paper (the derivations are in the docstrings and
+next to each expected factor below). This gives every convention (sum or mean,
+rescaling, ½ in uncertainty weighting, the clip of Nash-MTL) a catcher that is
+independent of the conformance suite's K = 1 check and of the weightings' own
+tests: e.g. a mean instead of a sum in linear scalarization gives ``g`` instead
+of ``K·g``, a DWA whose weights do not sum to K gives a different multiple.
+"""
+
+import importlib.util
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import weightax as wx
+
+K = 3
+T = 4  # DWA's weights leave 1 at the third step; GradNorm's weights move from the second
+G = {"trunk": jax.random.normal(jax.random.key(0), (4, 3)),
+     "head": jax.random.normal(jax.random.key(1), (5,))}
+NORM = math.sqrt(sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(G)))
+GRADS = jax.tree.map(lambda x: jnp.stack([x] * K), G)
+# Falling at different rates, so DWA's ratios and GradNorm's targets differ between tasks.
+LOSSES = jnp.array([[1.0, 2.0, 0.5], [0.8, 1.9, 0.25], [0.7, 1.5, 0.2], [0.6, 1.4, 0.1]])
+KEYS = jax.random.split(jax.random.key(2), T)
+C = 0.4
+
+# name -> (factory kwargs, expected factor f with u = f·g at every step, or at the first only)
+EXPECTED = {
+    # Σ_k w_k g with w = 1: K·g.
+    "linear_scalarization": ({}, K, "every"),
+    # w = softmax(z) sums to 1: g.
+    "random_loss_weighting": ({}, 1.0, "every"),
+    # w = 1 for two periods, then K·softmax(r/T), which sums to K: K·g.
+    "dwa": ({}, K, "every"),
+    # w_k = ½e^{-s_k} with s_0 = 0: K/2·g at the first step.
+    "uncertainty_weighting": ({}, K / 2, "first"),
+    # w_0 = 1, renormalised to Σw = K after every step: K·g.
+    "gradnorm": ({}, K, "every"),
+    # every point of the hull of {g} is g.
+    "mgda": ({}, 1.0, "every"),
+    # no pair conflicts (<g, g> > 0): nothing is projected and u = Σ_k g = K·g.
+    "pcgrad": ({}, K, "every"),
+    # g0 = g_w = g and d = g0 + c‖g0‖ g_w/‖g_w‖ = (1+c)·g, divided by 1 + c².
+    "cagrad": ({"c": C}, (1 + C) / (1 + C ** 2), "every"),
+    # equal projections hold for every u; the weights sum to 1: g.
+    "imtl_g": ({}, 1.0, "every"),
+    # each g/K already lies in the dual cone {d: <g, d> >= 0}: u = Σ_i g/K = g.
+    "upgrad": ({}, 1.0, "every"),
+    # α_k = 1/(√K‖g‖) solves Gα = 1/α; ‖Jᵀα‖ = √K > max_norm = 1 is clipped to 1: g/‖g‖.
+    "nash_mtl": ({}, 1.0 / NORM, "every"),
+}
+EXTRA = {
+    "cagrad_no_rescale": ("cagrad", {"c": C, "rescale": False}, 1 + C, "every"),
+    "nash_mtl_unclipped": ("nash_mtl", {"max_norm": 0.0}, math.sqrt(K) / NORM, "every"),
+    "linear_scalarization_mean": ("linear_scalarization", {"weights": jnp.full(K, 1 / K)}, 1.0,
+                                  "every"),
+}
+CASES = {**{n: (n, *v) for n, v in EXPECTED.items()}, **EXTRA}
+
+
+def test_every_method_has_a_documented_scale():
+  # one method, one module: weightax.aggregators.<name> defines the factory <name>
+  methods = {n for n in wx.aggregators.__all__
+             if importlib.util.find_spec(f"weightax.aggregators.{n}") is not None}
+  assert methods == set(EXPECTED)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_identical_gradients_give_the_documented_multiple(case):
+  name, kwargs, factor, when = CASES[case]
+  tx = getattr(wx, name)(num_tasks=K, **kwargs)
+  state = tx.init(G)
+  update = jax.jit(lambda s, ls, k: tx.update(GRADS, s, G, task_losses=ls, key=k))
+  for t in range(T if when == "every" else 1):
+    u, state = update(state, LOSSES[t], KEYS[t])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, factor * b, rtol=1e-5, atol=1e-6 * abs(factor), err_msg=f"{case}, step {t}"), u, G)
+    # the weights it reports reproduce the same update: Σ_k w_k = factor
+    np.testing.assert_allclose(jnp.sum(state.task_weights), factor, rtol=1e-5)
+
+
+def test_docstrings_state_the_scale():
+  """Each method's docstring says what it does on identical gradients."""
+  missing = [n for n in EXPECTED if "identical task gradients" not in getattr(wx, n).__doc__]
+  assert missing == []
