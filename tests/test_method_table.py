@@ -1,0 +1,425 @@
+"""The method table (weightax/_methods.py) is measured, not trusted.
+
+Every property the table claims for a method is measured here on the update of
+the public aggregator, on float32 Jacobians from five families: random
+Gaussian, row norms spread over e^±8, rank-deficient, nearly opposite pairs,
+and hand-made adversarial cases (among them issue 7's UPGrad example), for
+K = 2, 3, 5 and 10 tasks. A "yes" must hold on every Jacobian; a "no" must be
+shown by a counterexample among them, so a claim can be wrong in neither
+direction. The README's method table is checked against the same source.
+
+Tolerances (float32, 24-bit mantissa): an inner product ``<u, g_k>`` is
+compared with ``TOL · ‖g_k‖ · Σ_j |w_j| ‖g_j‖`` (the rounding error of forming
+``u = Σ_j w_j g_j`` in float32 is below ``K·2^-24`` times that scale);
+"unchanged" means ``‖u' - u‖ <= TOL_SAME · ‖u‖`` and "the same direction"
+means a cosine of at least ``1 - TOL_SAME``. A counterexample must exceed the
+tolerances a hundredfold.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import weightax as wx
+from weightax import _methods
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = _methods.by_name()
+KS = (2, 3, 10)
+N = 12  # parameters: > K so random Jacobians have full row rank
+TOL = 1e-4
+TOL_SAME = 1e-3
+RIDGE = {"mgda": 1e-6, "upgrad": 1e-4}  # the factories' default reg_eps
+
+# Factories of weightax.aggregators that are building blocks, not methods.
+NOT_METHODS = {
+    "apply_weights", "check_task_grads", "check_task_losses", "combine", "gramian_aggregator",
+    "resolve_shared", "split_shared",
+}
+
+
+# ------------------------------------------------------------------ Jacobians
+
+
+def _unit_rows(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+  x = rng.normal(size=(k, n))
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def jacobians(k: int) -> dict[str, np.ndarray]:
+  """Families of ``[B, K, N]`` float32 Jacobians (a fixed seed per K)."""
+  rng = np.random.default_rng(100 + k)
+  fam: dict[str, list[np.ndarray]] = {"random": [], "spread": [], "rank": [], "opposite": [],
+                                      "adversarial": []}
+  for _ in range(6):
+    fam["random"].append(rng.normal(size=(k, N)))
+    # Norms e^±8, the extremes always present.
+    logn = rng.uniform(-8, 8, size=k)
+    logn[:2] = (-8.0, 8.0)
+    fam["spread"].append(np.exp(rng.permutation(logn))[:, None] * _unit_rows(rng, k, N))
+    r = int(rng.integers(1, k)) if k > 1 else 1
+    fam["rank"].append(rng.normal(size=(k, r)) @ rng.normal(size=(r, N)))
+    j = rng.normal(size=(k, N))
+    j[1] = -j[0] * rng.uniform(0.5, 2.0) + 1e-2 * rng.normal(size=N)  # nearly opposite pair
+    fam["opposite"].append(j)
+  # Hand-made: issue 7's UPGrad case (a small task against two large ones), padded to K rows.
+  adv = [
+      [[1, 0, 0], [0, 1, 0], [-0.01, -0.01, 0.003]],
+      [[1, 0, 0], [-1, 1e-3, 0], [0, 0, 1e-3]],
+      [[1, 0, 0], [-0.9, 0.1, 0], [-0.9, -0.1, 0]],
+      [[1e3, 0, 0], [-1, 1, 0], [0, -1, 1e-3]],
+  ]
+  for a in adv:
+    a = np.asarray(a, np.float64)
+    j = np.zeros((k, N))
+    rows = min(k, 3)
+    j[:rows, :3] = a[:rows]
+    if k > 3:  # the other tasks: small random gradients
+      j[3:] = 1e-2 * rng.normal(size=(k - 3, N))
+    fam["adversarial"].append(j)
+  return {name: np.stack(v).astype(np.float32) for name, v in fam.items()}
+
+
+def all_jacobians(k: int) -> np.ndarray:
+  return np.concatenate(list(jacobians(k).values()))
+
+
+# ------------------------------------------------------------------ running a method
+
+B = len(all_jacobians(2))  # every batch has this size, so each function compiles once per K
+
+
+def _factory(name: str, k: int, **kw):
+  fn = getattr(wx, name)
+  if TABLE[name].num_tasks == "required":
+    kw.setdefault("num_tasks", k)
+  return fn(**kw)
+
+
+def _first_update(name: str, k: int):
+  """``(J [K, N], losses [K], key) -> u [N]``: the aggregator's first update from ``init``."""
+  tx = _factory(name, k)
+  m = TABLE[name]
+
+  def one(j, losses, key):
+    kwargs = {}
+    if "task_losses" in m.needs:
+      kwargs["task_losses"] = losses
+    if "key" in m.needs:
+      kwargs["key"] = key
+    u, _ = tx.update({"w": j}, tx.init({"w": j[0]}), {"w": j[0]}, **kwargs)
+    return u["w"]
+
+  return one
+
+
+@functools.cache
+def _update_fn(name: str, k: int):
+  return jax.jit(jax.vmap(_first_update(name, k)))
+
+
+@functools.cache
+def _weights_fn(name: str, k: int):
+  """``jit(vmap((J, losses, key) -> w [K]))``: the weights of the first update.
+
+  Gramian methods: the public weighting of ``weightax.weightings`` on the Gramian
+  the aggregator forms (``test_aggregator_is_the_weighting`` checks that the
+  aggregator applies exactly these). Methods whose weights do not depend on the
+  gradients (``test_needs_gradients``): the update for ``J = [I_K, 0]``, which is
+  ``w`` itself.
+  """
+  if "Gramian" in TABLE[name].needs:
+    fn = getattr(wx.weightings, name)
+
+    def one(j, losses, key):
+      del losses
+      g = wx.gramian({"w": j})
+      return fn(g, key=key) if "key" in TABLE[name].needs else fn(g)
+  else:
+    update = _first_update(name, k)
+    probe = jnp.eye(k, N, dtype=jnp.float32)
+
+    def one(j, losses, key):
+      del j
+      return update(probe, losses, key)[:k]
+
+  return jax.jit(jax.vmap(one))
+
+
+def _args(js, losses, keys):
+  b, k, _ = js.shape
+  assert b == B, b
+  if losses is None:
+    losses = np.linspace(1.0, 2.0, k, dtype=np.float32)[None].repeat(b, 0)
+  if keys is None:
+    keys = jax.random.split(jax.random.key(0), b)
+  return jnp.asarray(js, jnp.float32), jnp.asarray(losses, jnp.float32), keys
+
+
+def run(name: str, js: np.ndarray, losses=None, keys=None) -> np.ndarray:
+  """The aggregator's first update for each Jacobian of ``js`` ``[B, K, N]``, as float64."""
+  return np.asarray(_update_fn(name, js.shape[1])(*_args(js, losses, keys)), np.float64)
+
+
+def weights_of(name: str, js: np.ndarray, losses=None, keys=None) -> np.ndarray:
+  """The method's weights ``[B, K]`` for each Jacobian, as float64."""
+  return np.asarray(_weights_fn(name, js.shape[1])(*_args(js, losses, keys)), np.float64)
+
+
+def lstsq_weights(js: np.ndarray, u: np.ndarray) -> np.ndarray:
+  """Least-squares weights ``w`` with ``u = Jᵀw`` (minimum norm), in float64."""
+  return np.stack([np.linalg.lstsq(j.astype(np.float64).T, x, rcond=None)[0]
+                   for j, x in zip(js, u, strict=True)])
+
+
+def scale_of(js: np.ndarray, w: np.ndarray) -> np.ndarray:
+  """``‖w‖_∞ Σ_j ‖g_j‖`` ``[B]``: float32 weights are accurate to a few ulps of this."""
+  norms = np.linalg.norm(js.astype(np.float64), axis=2)
+  return np.abs(w).max(axis=1) * norms.sum(axis=1)
+
+
+def update64(js: np.ndarray, w: np.ndarray) -> np.ndarray:
+  return np.einsum("bk,bkn->bn", w, js.astype(np.float64))
+
+
+# ------------------------------------------------------------------ the table covers the code
+
+
+def test_every_aggregator_is_in_the_table():
+  public = {
+      n for n in wx.aggregators.__all__
+      if n[0].islower() and callable(getattr(wx.aggregators, n)) and n not in NOT_METHODS
+  }
+  assert public == set(TABLE), (
+      f"methods without a row in weightax/_methods.py: {sorted(public - set(TABLE))}; "
+      f"rows without a method: {sorted(set(TABLE) - public)}"
+  )
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_num_tasks_and_state_fields(name):
+  m = TABLE[name]
+  param = inspect.signature(getattr(wx, name)).parameters["num_tasks"]
+  assert (param.default is inspect.Parameter.empty) == (m.num_tasks == "required")
+  state = _factory(name, 3).init({"w": jnp.zeros(4)})
+  fields = tuple(f for f in type(state)._fields if f != "task_weights")
+  assert fields == m.state_fields
+  assert (m.state == "—") == (not m.state_fields)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_hyperparameters_are_the_signature(name):
+  hp = _methods.hyperparameters(TABLE[name])
+  sig = inspect.signature(getattr(wx, name)).parameters
+  assert set(hp) == set(sig) - {"num_tasks", "shared"}
+  for p, default in hp.items():
+    assert sig[p].kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {p} is not keyword-only"
+    assert sig[p].default is default
+  doc = inspect.getdoc(getattr(wx, name))
+  for p in hp:  # every hyperparameter is documented under Args
+    assert re.search(rf"^\s+{p}:", doc, re.M), f"{name}'s docstring does not describe {p}"
+
+
+# ------------------------------------------------------------------ needs
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_needs_losses(name):
+  tx = _factory(name, 2)
+  grads = {"w": jnp.eye(2)}
+  kwargs = {"key": jax.random.key(0)} if "key" in TABLE[name].needs else {}
+  if "task_losses" not in TABLE[name].needs:
+    return  # every other test runs it without task_losses (see _first_update)
+  with pytest.raises(ValueError, match="task_losses"):
+    tx.update(grads, tx.init(None), **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_needs_key(name):
+  js = all_jacobians(3)
+  a = run(name, js, keys=jax.random.split(jax.random.key(1), B))
+  b = run(name, js, keys=jax.random.split(jax.random.key(2), B))
+  diff = np.max(np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-30))
+  if "key" in TABLE[name].needs:
+    assert diff > 100 * TOL_SAME, f"{name}: the key changes nothing (max rel. diff {diff:.2e})"
+  else:
+    assert diff == 0.0, f"{name}: the update depends on the key"
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_needs_gradients(name):
+  """Weights from the losses alone must not change with J; Gramian/Jacobian ones must."""
+  js = jacobians(3)["random"]
+  js = js[np.arange(B) % len(js)]
+  js2 = js * np.array([[1.0], [10.0], [0.1]], np.float32)  # other Gramians
+  keys = jnp.stack([jax.random.key(3)] * B)
+  w1 = lstsq_weights(js, run(name, js, keys=keys))
+  w2 = lstsq_weights(js2, run(name, js2, keys=keys))
+  uses_grads = {"Gramian", "Jacobian"} & set(TABLE[name].needs)
+  if name == "gradnorm":  # its first update uses w = 1; the norms act from the second step on
+    uses_grads = set()
+  same = np.allclose(w1, w2, rtol=1e-4, atol=1e-6)
+  assert same != bool(uses_grads), f"{name}: weights {w1[0]} vs {w2[0]}"
+
+
+# ------------------------------------------------------------------ properties
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_aggregator_is_the_weighting(name):
+  """The update is ``Jᵀw`` with the measured weights, and rotates with the gradients."""
+  assert TABLE[name].weighting  # no non-weighting method yet: extend this test when one lands
+  js = all_jacobians(3)
+  u = run(name, js)
+  w = weights_of(name, js)
+  err = np.linalg.norm(u - update64(js, w), axis=1)
+  assert np.all(err <= TOL * scale_of(js, w)), (err / scale_of(js, w)).max()
+  q, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(N, N)))
+  rot = run(name, (js.astype(np.float64) @ q).astype(np.float32))
+  err = np.linalg.norm(rot - u @ q, axis=1)
+  assert np.all(err <= TOL_SAME * scale_of(js, w)), (err / scale_of(js, w)).max()
+
+
+def _conflict_measure(name: str, k: int) -> tuple[float, float]:
+  """(worst ``<u,g_k>/s``, worst ``(<u,g_k> + ridge·tr(G)·w_k)/s``) over the families, with
+  ``s = ‖g_k‖ ‖w‖_∞ Σ_j ‖g_j‖`` and ``u = Jᵀw`` formed in float64."""
+  js = all_jacobians(k)
+  w = weights_of(name, js)
+  j64 = js.astype(np.float64)
+  dots = np.einsum("bkn,bn->bk", j64, update64(js, w))
+  s = np.linalg.norm(j64, axis=2) * scale_of(js, w)[:, None]
+  s = np.maximum(s, np.finfo(np.float64).tiny)
+  tr = np.sum(j64**2, axis=(1, 2))[:, None]
+  bound = dots + RIDGE.get(name, 0.0) * tr * np.maximum(w, 0.0)
+  return float((dots / s).min()), float((bound / s).min())
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_conflict_free(name):
+  claim = TABLE[name].conflict_free
+  worst = {k: _conflict_measure(name, k) for k in KS}
+  if claim == "yes":
+    assert all(v[0] >= -TOL for v in worst.values()), worst
+  elif claim == "yes (up to ridge)":
+    # The bound <u, g_k> >= -reg_eps·tr(G)·w_k holds, ...
+    assert all(v[1] >= -TOL for v in worst.values()), worst
+    # ... and is needed: the plain guarantee fails somewhere (else the claim would be "yes").
+    assert min(v[0] for v in worst.values()) < -100 * TOL, worst
+  elif claim == "K = 2":
+    assert worst[2][0] >= -TOL, worst
+    assert min(v[0] for k, v in worst.items() if k > 2) < -100 * TOL, worst
+  else:
+    assert min(v[0] for v in worst.values()) < -100 * TOL, worst
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_scale_invariance(name):
+  claim = TABLE[name].scale_invariant
+  rel_change, cos_change = [], []
+  for k in KS:
+    js = all_jacobians(k)
+    c = np.exp(np.random.default_rng(k).uniform(-3, 3, size=(B, k)))
+    losses = np.linspace(1.0, 2.0, k)[None].repeat(B, 0)
+    js2 = (js * c[:, :, None]).astype(np.float32)
+    u = update64(js, weights_of(name, js, losses))
+    w2 = weights_of(name, js2, losses * c)
+    v = update64(js2, w2)
+    s = np.maximum(scale_of(js, weights_of(name, js, losses)), scale_of(js2, w2))
+    rel_change.append(np.linalg.norm(u - v, axis=1) / np.maximum(s, 1e-300))
+    nu, nv = np.linalg.norm(u, axis=1), np.linalg.norm(v, axis=1)
+    ok = (nu > TOL_SAME * s) & (nv > TOL_SAME * s)  # a direction worth comparing
+    cos_change.append(1 - np.sum(u * v, axis=1)[ok] / (nu[ok] * nv[ok]))
+  rel, cos = np.concatenate(rel_change), np.concatenate(cos_change)
+  if claim == "yes":
+    assert rel.max() <= TOL_SAME, rel.max()
+  elif claim == "direction":
+    assert cos.max() <= TOL_SAME, cos.max()
+    assert rel.max() > 100 * TOL_SAME, rel.max()
+  else:
+    assert cos.max() > 100 * TOL_SAME, cos.max()
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_permutation_invariance(name):
+  claim = TABLE[name].permutation_invariant
+  for k in KS:
+    js = all_jacobians(k)
+    perm = np.random.default_rng(k).permutation(k)
+    losses = np.linspace(1.0, 2.0, k, dtype=np.float32)[None].repeat(B, 0)
+    if claim == "yes":
+      w = weights_of(name, js, losses)
+      wp = weights_of(name, js[:, perm], losses[:, perm])
+      err = np.linalg.norm(update64(js, w) - update64(js[:, perm], wp), axis=1)
+      assert np.all(err <= TOL_SAME * scale_of(js, w)), (k, (err / scale_of(js, w)).max())
+    elif k <= 3:  # in distribution: mean weights over many keys agree within their std. error
+      one, onep = js[-1:].repeat(B, 0), js[-1:, perm].repeat(B, 0)
+      w = np.concatenate([weights_of(name, one, losses, jax.random.split(jax.random.key(i), B))
+                          for i in range(60)])
+      wp = np.concatenate([weights_of(name, onep, losses[:, perm],
+                                      jax.random.split(jax.random.key(1000 + i), B))
+                           for i in range(60)])
+      u, v = update64(js[-1:].repeat(len(w), 0), w), update64(onep[:1].repeat(len(w), 0), wp)
+      se = np.sqrt(u.var(axis=0) / len(u) + v.var(axis=0) / len(v))
+      assert np.all(np.abs(u.mean(0) - v.mean(0)) <= 5 * se + 1e-6), (k, perm)
+      if k > 2:  # not invariant for each key (else the claim would be "yes")
+        assert np.abs(u[:B] - update64(onep, wp[:B])).max() > 1e-3
+
+
+# ------------------------------------------------------------------ the README agrees
+
+
+def _readme_rows() -> dict[str, list[str]]:
+  text = (ROOT / "README.md").read_text()
+  section = text.split("## Multi-task methods", 1)[1]
+  rows = {}
+  header = None
+  for line in section.splitlines():
+    if not line.startswith("|"):
+      if header is not None:
+        break
+      continue
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if header is None:
+      header = [c.lower() for c in cells]
+      continue
+    if set(line) <= set("|-: "):
+      continue
+    name = re.match(r"`(\w+)`", cells[0])
+    assert name, f"README method table: first cell {cells[0]!r} is not a `method`"
+    rows[name.group(1)] = dict(zip(header, cells, strict=False))
+  return rows
+
+
+def test_readme_table_matches():
+  rows = _readme_rows()
+  assert set(rows) == set(TABLE), (sorted(set(rows) ^ set(TABLE)))
+  for name, row in rows.items():
+    m = TABLE[name]
+    paper = row.get("paper", "")
+    # The first author and the year (or "—") of the table's paper appear in the README row.
+    author = m.paper.split()[0]
+    assert author in paper, f"README {name}: paper {paper!r} vs table {m.paper!r}"
+    year = re.search(r"\d{4}", m.paper)
+    assert year is None or year.group() in paper, f"README {name}: {paper!r} vs {m.paper!r}"
+    cf = next((v for h, v in row.items() if "g_k" in h or "conflict" in h), None)
+    assert cf is not None, "README method table has no conflict-free column"
+    cf_norm = cf.lower().replace(" ", "")
+    want = m.conflict_free.lower().replace(" ", "")
+    if want.startswith("yes"):
+      assert cf_norm.startswith("yes"), f"README {name}: {cf!r} vs table {m.conflict_free!r}"
+      assert ("ridge" in cf_norm) == ("ridge" in want), (
+          f"README {name}: {cf!r} vs table {m.conflict_free!r}")
+    else:
+      assert cf_norm.startswith(want), f"README {name}: {cf!r} vs table {m.conflict_free!r}"
+    needs = row.get("needs", "")
+    for n in ("task_losses", "key"):
+      assert (n in needs) == (n in m.needs), f"README {name}: needs {needs!r} vs {m.needs}"
+    assert ("Gramian" in needs) == ("Gramian" in m.needs), f"README {name}: needs {needs!r}"

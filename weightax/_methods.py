@@ -1,0 +1,227 @@
+"""The method table: every multi-task method, its paper, inputs, state and properties.
+
+This is the one machine-readable source of the table shown in the documentation
+(``docs/methods.md``, generated from :func:`markdown_table`) and checked against
+the README by ``tests/test_method_table.py``, which also *measures* every
+property claimed here on random and adversarial Jacobians. Hyperparameters and
+their defaults are not written here: :func:`hyperparameters` reads them from
+each factory's signature, so they cannot drift either.
+
+Vocabulary of the columns:
+
+- ``needs``: what the method's update is computed from, besides the per-task
+  gradients it receives: ``task_losses`` (the ``[K]`` losses passed to
+  ``update``), ``key`` (a ``jax.random`` key passed to ``update``),
+  ``Gramian`` (``G = J Jᵀ`` of the shared gradients: the weights depend on the
+  gradients only through ``G``), ``Jacobian`` (the per-task gradients
+  themselves, e.g. their norms on one layer), ``extra forward pass`` (the
+  losses re-evaluated after the step) and ``validation data``.
+- ``conflict_free``: whether the update ``u`` satisfies ``<u, g_k> >= 0`` for
+  every task k: ``"yes"``, ``"no"``, ``"K = 2"`` (only with two tasks) or
+  ``"yes (up to ridge)"``: ``<u, g_k> >= -reg_eps·tr(G)·w_k``, where ``w`` are
+  the method's weights, so the guarantee can fail for a task whose squared
+  gradient norm is below about ``reg_eps·tr(G)``. In float32 "yes" means up to
+  the weights' rounding: ``<u, g_k> >= -1e-4·‖g_k‖·max_j|w_j|·Σ_j‖g_j‖``.
+- ``scale_invariant``: whether rescaling each task's loss by its own
+  positive constant (``L_k -> c_k L_k``, so ``g_k -> c_k g_k``) leaves the
+  update unchanged: ``"yes"`` (exactly the same update), ``"direction"``
+  (the same direction, a different length) or ``"no"``; for stateful methods,
+  at the first step.
+- ``permutation_invariant``: whether reordering the tasks leaves the update
+  unchanged: ``"yes"`` or ``"in distribution"`` (random methods: the same
+  distribution of updates).
+- ``weighting``: whether the update is ``Σ_k w_k g_k`` with weights computed
+  from ``G``, the losses and the state (so it lies in the span of the task
+  gradients and rotates with them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+__all__ = ["Method", "METHODS", "NEEDS", "by_name", "hyperparameters", "markdown_table"]
+
+NEEDS = ("task_losses", "key", "Gramian", "Jacobian", "extra forward pass", "validation data")
+CONFLICT_FREE = ("yes", "yes (up to ridge)", "K = 2", "no")
+SCALE_INVARIANT = ("yes", "direction", "no")
+PERMUTATION_INVARIANT = ("yes", "in distribution")
+
+# Arguments every factory may take that are not hyperparameters of the method.
+_NOT_HYPERPARAMETERS = ("num_tasks", "shared")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One row of the method table (see the module docstring for the vocabulary)."""
+
+  name: str  # the factory, ``weightax.<name>``
+  title: str  # the method's usual name
+  paper: str  # first author(s), venue and year
+  needs: tuple[str, ...]
+  state: str  # what the state keeps between steps ("—": nothing)
+  state_fields: tuple[str, ...]  # the fields of its ``...State`` (besides ``task_weights``)
+  num_tasks: str  # "required" or "optional"
+  conflict_free: str
+  scale_invariant: str
+  permutation_invariant: str
+  weighting: bool
+  note: str = ""
+
+  def __post_init__(self) -> None:
+    bad = [n for n in self.needs if n not in NEEDS]
+    if bad:
+      raise ValueError(f"{self.name}: unknown needs {bad}; expected some of {NEEDS}.")
+    for field, allowed in (
+        ("conflict_free", CONFLICT_FREE),
+        ("scale_invariant", SCALE_INVARIANT),
+        ("permutation_invariant", PERMUTATION_INVARIANT),
+        ("num_tasks", ("required", "optional")),
+    ):
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"{self.name}: {field} must be one of {allowed}; "
+                         f"got {getattr(self, field)!r}.")
+
+
+METHODS: tuple[Method, ...] = (
+    Method(
+        name="linear_scalarization", title="Linear scalarization (EW)",
+        paper="— (static weights; default: the sum)",
+        needs=(), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="Permutation-invariant with the default (equal) weights; custom weights permute "
+             "with the tasks.",
+    ),
+    Method(
+        name="random_loss_weighting", title="RLW", paper="Lin et al., TMLR 2022",
+        needs=("key",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="in distribution",
+        weighting=True,
+    ),
+    Method(
+        name="dwa", title="DWA", paper="Liu et al., CVPR 2019",
+        needs=("task_losses",), state="loss history (two periods' means)",
+        state_fields=("step", "loss_sum", "last", "before_last"), num_tasks="required",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="num_tasks fixes the shape of the loss history.",
+    ),
+    Method(
+        name="uncertainty_weighting", title="Uncertainty weighting",
+        paper="Kendall et al., CVPR 2018", needs=("task_losses",),
+        state="log-variances s and their optimizer's state",
+        state_fields=("log_vars", "opt_state"), num_tasks="required",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="num_tasks fixes the shape of the log-variances.",
+    ),
+    Method(
+        name="gradnorm", title="GradNorm", paper="Chen et al., ICML 2018",
+        needs=("task_losses", "Jacobian"),
+        state="weights, first losses L(0), step, the weights' optimizer state",
+        state_fields=("weights", "initial_losses", "step", "opt_state"), num_tasks="required",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="Needs each task's gradient norm on the chosen layer W; num_tasks fixes the "
+             "shape of the learned weights.",
+    ),
+    Method(
+        name="mgda", title="MGDA", paper="Sener & Koltun, NeurIPS 2018",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="yes", scale_invariant="no", permutation_invariant="yes",
+        weighting=True,
+        note="Closed form for K = 2; for K > 2 the ridge reg_eps = 1e-6 on G/tr(G) bounds a "
+             "violation by reg_eps·tr(G)·w_k, below float32's resolution of the weights.",
+    ),
+    Method(
+        name="pcgrad", title="PCGrad", paper="Yu et al., NeurIPS 2020",
+        needs=("Gramian", "key"), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="K = 2", scale_invariant="no", permutation_invariant="in distribution",
+        weighting=True,
+        note="The key draws the projection orders; with K = 2 the update is deterministic and "
+             "permutation-invariant.",
+    ),
+    Method(
+        name="cagrad", title="CAGrad", paper="Liu et al., NeurIPS 2021",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+    ),
+    Method(
+        name="imtl_g", title="IMTL-G", paper="Liu et al., ICLR 2021",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes",
+        weighting=True,
+        note="The unnormalised update Jᵀ G⁺ √diag(G) is invariant to the loss scales, but "
+             "the normalisation Σ w_k = 1 divides it by a sum that can change sign, so the "
+             "direction can reverse.",
+    ),
+    Method(
+        name="upgrad", title="UPGrad", paper="Quinton & Rey, 2024",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="yes (up to ridge)", scale_invariant="no", permutation_invariant="yes",
+        weighting=True,
+        note="The default ridge reg_eps = 1e-4 on G/tr(G) is torchjd's; a task whose squared "
+             "gradient norm is below about reg_eps·tr(G) can be in conflict with the update.",
+    ),
+    Method(
+        name="nash_mtl", title="Nash-MTL", paper="Navon et al., ICML 2022",
+        needs=("Gramian",), state="step count, last α (for update_weights_every > 1)",
+        state_fields=("count", "alpha"), num_tasks="optional",
+        conflict_free="yes", scale_invariant="yes", permutation_invariant="yes", weighting=True,
+        note="<u, g_k> is proportional to 1/α_k > 0. num_tasks is required only with "
+             "update_weights_every > 1 (α is cached in the state).",
+    ),
+)
+
+
+def by_name() -> dict[str, Method]:
+  """The table as a dict keyed by the factory's name."""
+  return {m.name: m for m in METHODS}
+
+
+def hyperparameters(method: Method) -> dict[str, Any]:
+  """The factory's keyword hyperparameters and their defaults (``inspect.Parameter.empty``
+  for a required one), read from ``weightax.<name>``'s signature."""
+  import weightax
+
+  sig = inspect.signature(getattr(weightax, method.name))
+  return {
+      p.name: p.default
+      for p in sig.parameters.values()
+      if p.name not in _NOT_HYPERPARAMETERS
+  }
+
+
+def _format_default(value: Any) -> str:
+  if value is inspect.Parameter.empty:
+    return "required"
+  return repr(value)
+
+
+def _cell(text: str) -> str:
+  return text.replace("|", "\\|")
+
+
+def markdown_table(methods: tuple[Method, ...] = METHODS) -> str:
+  """The method table as Markdown (one row per method), for the documentation."""
+  header = (
+      "| method | paper | needs | hyperparameters (defaults) | state | conflict-free | "
+      "invariant to loss scales | permutation-invariant | weighting | `num_tasks` |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n"
+  )
+  rows = []
+  for m in methods:
+    hp = hyperparameters(m)
+    hp_text = ", ".join(f"`{k}={_format_default(v)}`" for k, v in hp.items()) or "—"
+    needs = ", ".join(f"`{n}`" if n in ("task_losses", "key") else n for n in m.needs) or "—"
+    rows.append(
+        "| " + " | ".join(_cell(c) for c in (
+            f"{{func}}`~weightax.{m.name}` ({m.title})", m.paper, needs, hp_text, m.state,
+            m.conflict_free, m.scale_invariant, m.permutation_invariant,
+            "yes" if m.weighting else "no", m.num_tasks,
+        )) + " |"
+    )
+  return header + "\n".join(rows) + "\n"
+
+
+def markdown_notes(methods: tuple[Method, ...] = METHODS) -> str:
+  """The per-method notes of the table as a Markdown list."""
+  return "".join(f"- `{m.name}`: {m.note}\n" for m in methods if m.note)
