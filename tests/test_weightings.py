@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import optimize as scipy_optimize  # a test dependency: fail loudly if missing
 
 import weightax as wx
 from weightax import weightings as ww
-
-scipy_optimize = pytest.importorskip("scipy.optimize")
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -347,6 +346,17 @@ def test_nash_mtl_clips_the_update_norm():
   np.testing.assert_allclose(_w(ww.nash_mtl, g, max_norm=10.0), a, rtol=1e-6)
 
 
+def test_nash_mtl_zero_gradient_gets_the_documented_alpha():
+  j = _jacobian(4, 3, 5)
+  j[2] = 0.0
+  g = j @ j.T
+  a = _w(ww.nash_mtl, g, max_norm=0.0, reg_eps=1e-3)
+  assert a[2] == pytest.approx(1.0 / (1e-3 * np.sqrt(np.trace(g))), rel=1e-5)
+  # The other two solve their own system, untouched by the zero task.
+  np.testing.assert_allclose(a[:2], _w(ww.nash_mtl, g[:2, :2], max_norm=0.0, reg_eps=1e-3),
+                             rtol=1e-5)
+
+
 @SETTINGS
 @given(jacobians)
 def test_nash_mtl_is_positive_and_finite(spec):
@@ -374,6 +384,12 @@ def test_weightings_vmap_and_traced_hyperparameters(fn):
     name = hp[fn.__name__]
     traced = jax.jit(lambda g, v: fn(g, **{name: v}))(jnp.asarray(gs[0]), 0.3)
     np.testing.assert_allclose(traced, fn(jnp.asarray(gs[0]), **{name: 0.3}), rtol=1e-5)
+  if fn is ww.upgrad:  # the relative ridge: a static mode, a traced ε, batched
+    rel = jax.jit(jax.vmap(lambda g, v: fn(g, reg_eps=v, ridge="relative"), (0, None)))
+    batched = rel(jnp.asarray(gs), 0.01)
+    for i in range(4):
+      expect = fn(jnp.asarray(gs[i]), reg_eps=0.01, ridge="relative")
+      np.testing.assert_allclose(batched[i], expect, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("fn", ALL, ids=lambda f: f.__name__)
@@ -396,14 +412,15 @@ def test_aggregator_update_is_the_weighted_sum(name):
   j = _jacobian(5, 3, 7).astype(np.float32)
   grads = {"a": jnp.asarray(j[:, :3]), "b": jnp.asarray(j[:, 3:].reshape(3, 2, 2))}
   tx = getattr(wx, name)()
-  u, _ = tx.update(grads, tx.init(None))
-  w = np.asarray(FACTORIES[name](jnp.asarray(j @ j.T)), np.float64)
+  kw = {"key": jax.random.key(3)} if name == "pcgrad" else {}  # PCGrad's random orders
+  u, _ = tx.update(grads, tx.init(None), **kw)
+  w = np.asarray(FACTORIES[name](jnp.asarray(j @ j.T), **kw), np.float64)
   if name == "nash_mtl":  # the aggregator clips to max_norm = 1
     w = w / max(1.0, np.linalg.norm(w @ j))
   flat = np.concatenate([np.ravel(u["a"]), np.ravel(u["b"])])
   np.testing.assert_allclose(flat, w @ j, rtol=1e-4, atol=1e-6)
   for s in [1e-30, 1e30]:  # no underflow/overflow in G: degree 1 in J (Nash: degree 0)
-    us, _ = tx.update(jax.tree.map(lambda x, s=s: x * s, grads), tx.init(None))
+    us, _ = tx.update(jax.tree.map(lambda x, s=s: x * s, grads), tx.init(None), **kw)
     flat_s = np.concatenate([np.ravel(us["a"]), np.ravel(us["b"])]).astype(np.float64)
     expect = w @ j if name == "nash_mtl" else s * (w @ j)
     np.testing.assert_allclose(flat_s, expect, rtol=1e-3, atol=1e-6 * np.abs(expect).max())

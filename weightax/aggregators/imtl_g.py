@@ -31,9 +31,13 @@ def imtl_g(
 
   so that ``<u, g_k/‖g_k‖>`` is the same for every task (the paper's
   condition, for linearly independent gradients). The weights sum to 1 as in
-  the paper, LibMTL and the Nash-MTL code; the pseudo-inverse extends the
-  method to dependent gradients as in torchjd, and a vanishing ``Σ_k`` of the
-  unnormalised weights gives zero weights (torchjd). IMTL-L, the loss-scale
+  the paper, LibMTL and the Nash-MTL code. The weights are computed from the
+  cosine matrix ``D^-½GD^-½`` (``D = diag(G)``), so they stay exact in
+  float32 when the gradient norms differ by ``1e7`` or more; a pseudo-inverse
+  of that matrix extends the method to dependent gradients (torchjd's
+  ``G⁺√diag(G)`` differs from it only there), and a vanishing ``Σ_k`` of the
+  unnormalised weights gives zero weights (torchjd); see
+  :func:`weightax.weightings.imtl_g`. IMTL-L, the loss-scale
   half of the paper's IMTL, is not included. Computed on the Gramian of the
   shared leaves; with a ``shared`` mask, task-specific leaves receive
   ``Σ_k g_k``.

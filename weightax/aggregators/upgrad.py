@@ -25,6 +25,7 @@ def upgrad(
     *,
     pref_vector: jax.Array | None = None,
     reg_eps: float | jax.Array = 1e-4,
+    ridge: str = "trace",
     num_tasks: int | None = None,
     shared: SharedMask = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -34,7 +35,13 @@ def upgrad(
      \\pi_J(x) = \\arg\\min_{d:\\ \\langle g_k, d \\rangle \\ge 0\\ \\forall k} \\|d - x\\|
 
   Each ``u_i g_i`` is projected onto the dual cone of the task gradients, so
-  ``<u, g_k> >= 0`` for every k, and ``u = Σ u_i g_i`` when nothing conflicts.
+  ``<u, g_k> >= 0`` for every k, and ``u = Σ u_i g_i`` when nothing conflicts
+  -- up to the ridge: with the default ``ridge="trace"`` (torchjd's),
+  ``<g_k, u> >= −reg_eps·tr(G)·w_k``, so a task whose squared gradient norm is
+  small against ``reg_eps·Σ_j ‖g_j‖²`` is not protected (the update can point
+  straight against it); ``ridge="relative"`` gives
+  ``<g_k, u> >= −reg_eps·‖g_k‖²·w_k`` for every task, whatever the norms. See
+  :func:`weightax.weightings.upgrad` for the bounds and measured violations.
   The weights follow torchjd's ``UPGrad`` (preference vector ``1/K``, i.e.
   the mean, Gramian normalised by its trace plus ``reg_eps·I`` with
   ``reg_eps = 1e-4``), except that torchjd's ``norm_eps`` cut-off (which
@@ -53,7 +60,10 @@ def upgrad(
 
   Args:
     pref_vector: ``[K]`` preference vector; ``None`` means ``1/K``. May be traced.
-    reg_eps: ridge on the trace-normalised Gramian; may be traced.
+    reg_eps: the ridge ε; may be traced.
+    ridge: ``"trace"`` (``ε·I`` on ``G/tr(G)``, torchjd's) or ``"relative"``
+      (``ε·G_kk`` on each task, which keeps the no-conflict guarantee for
+      small tasks); a Python string.
     num_tasks: K, checked against the data when given.
     shared: mask of shared parameters, in ``optax.masked``'s forms (a pytree
       of bools, a prefix of the parameters' structure, or a callable on params).
@@ -76,12 +86,16 @@ def upgrad(
   """
   if isinstance(reg_eps, int | float) and not reg_eps > 0:
     raise ValueError(f"{_NAME}: reg_eps must be positive; got {reg_eps}.")
+  if ridge not in weightings.UPGRAD_RIDGES:
+    raise ValueError(f"{_NAME}: ridge must be one of {weightings.UPGRAD_RIDGES}; got {ridge!r}.")
 
   def weight_fn(
       gramian: jax.Array, task_losses: Any, state: UPGradState, key: Any, *, scale: jax.Array
   ) -> tuple[jax.Array, UPGradState]:
     del task_losses, key, scale  # the weights do not depend on the scale of G
-    return weightings.upgrad(gramian, pref_vector=pref_vector, reg_eps=reg_eps), state
+    return weightings.upgrad(
+        gramian, pref_vector=pref_vector, reg_eps=reg_eps, ridge=ridge
+    ), state
 
   return gramian_aggregator(
       weight_fn, UPGradState, num_tasks=num_tasks, shared=shared, name=_NAME, normalize_gramian=True

@@ -162,14 +162,19 @@ def min_norm_simplex(gramian: jax.Array, *, reg_eps: float | jax.Array = 1e-6) -
 
   K = 2 uses the exact closed form; K > 2 uses that for a positive definite
   ``Q``, ``λ* = x / Σx`` with ``x = argmin_{x >= 0} ½ xᵀQx − 1ᵀx`` (both share
-  the KKT system ``Qλ >= ν1`` with equality on the support), solved on
-  ``Q = G / tr(G) + reg_eps·I``. The ridge bounds the error in the objective
-  by ``reg_eps·tr(G)`` and picks the smallest-norm λ when the minimiser is not
-  unique (identical or cancelling gradients).
+  the KKT system ``Qλ >= ν1`` with equality on the support), with
+  ``Q = Ĝ + reg_eps·diag(Ĝ)`` and ``Ĝ = G / tr(G)``. The QP is solved in
+  ``y = D^½x`` on the cosine matrix ``C = D^-½ĜD^-½`` plus ``reg_eps·I``
+  (``D = diag(Ĝ)``), whose condition number does not depend on the spread of
+  the gradient norms, so float32 keeps the KKT conditions for norms that
+  differ by ``1e7`` or more. The ridge bounds the error in the objective by
+  ``reg_eps·max_k G_kk`` and picks a unique λ when the minimiser is not
+  (identical or cancelling gradients). A zero gradient makes 0 the min-norm
+  point: λ is then uniform over the zero-gradient tasks.
 
   Args:
     gramian: ``[K, K]`` Gramian ``J Jᵀ``.
-    reg_eps: relative ridge (see :func:`jacobi_ridge`), used when K > 2.
+    reg_eps: relative ridge (on each task's squared norm), used when K > 2.
 
   Returns:
     ``[K]`` weights on the simplex.
@@ -181,12 +186,27 @@ def min_norm_simplex(gramian: jax.Array, *, reg_eps: float | jax.Array = 1e-6) -
     return jnp.ones((1,), dtype)
   if k == 2:
     # λ₁ = clip(<g₂ − g₁, g₂> / ‖g₁ − g₂‖², 0, 1); identical gradients: ½.
-    num = g[1, 1] - g[0, 1]
+    # Each λ from its own numerator: 1 − λ₁ would round a small λ₂ (a large
+    # gradient against a small one, λ₂ ~ ‖g₁‖/‖g₂‖) to 0 or to a multiple of eps.
+    num = jnp.stack([g[1, 1] - g[0, 1], g[0, 0] - g[0, 1]])
     den = g[0, 0] + g[1, 1] - 2 * g[0, 1]
     ok = den > 16 * jnp.finfo(dtype).eps
-    lam1 = jnp.where(ok, jnp.clip(num / jnp.where(ok, den, 1.0), 0.0, 1.0), 0.5)
-    return jnp.stack([lam1, 1.0 - lam1])
-  x = nnqp(jacobi_ridge(g, reg_eps), -jnp.ones((k,), dtype))
+    return jnp.where(ok, jnp.clip(num / jnp.where(ok, den, 1.0), 0.0, 1.0), 0.5)
+  finfo = jnp.finfo(dtype)
+  diag = jnp.maximum(jnp.diagonal(g), 0.0)
+  s = jnp.sqrt(diag / jnp.maximum(jnp.max(diag), finfo.tiny))  # ‖g_k‖ / max_j ‖g_j‖
+  alive = s > jnp.sqrt(finfo.tiny)
+  safe_s = jnp.where(alive, s, 1.0)
+  root = jnp.sqrt(jnp.where(alive, diag, 1.0))
+  both = alive[:, None] & alive[None, :]
+  c = jnp.where(both, g / root[:, None] / root[None, :], 0.0) + jnp.diag(
+      jnp.where(alive, 0.0, 1.0)
+  ).astype(dtype)
+  q = c + jnp.asarray(reg_eps, dtype) * jnp.eye(k, dtype=dtype)
+  # x = D^-½y solves the QP in x; the common factor max‖g‖ drops out of λ.
+  y = nnqp(q, -jnp.where(alive, 1.0 / safe_s, 1.0))
+  x = jnp.where(alive, y / safe_s, 0.0)
   total = jnp.sum(x)
-  ok = total > 0
-  return jnp.where(ok, x / jnp.where(ok, total, 1.0), jnp.full((k,), 1.0 / k, dtype))
+  dead = (~alive).astype(dtype)
+  lam = jnp.where(total > 0, x / jnp.where(total > 0, total, 1.0), jnp.full((k,), 1.0 / k, dtype))
+  return jnp.where(jnp.any(~alive), dead / jnp.maximum(jnp.sum(dead), 1.0), lam)
