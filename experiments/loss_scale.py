@@ -5,7 +5,7 @@ A small MLP is trained on ``w · cross_entropy`` for ``w`` on a log grid, under
 seven optimizers, with several seeds, as ONE compiled sweep (`weightax.sweep`).
 For each optimizer we measure the number of steps until the (unweighted)
 training cross-entropy first reaches a target, and fit the log-log slope of
-steps against ``w``. Theory (see DESIGN.md, question 1):
+steps against ``w``. Theory (see docs/design.md, question 1):
 
 * SGD and SGD+momentum are linear in the gradient, so ``w`` is a learning-rate
   multiplier: steps ∝ 1/w, a slope of -1 while the run stays in the small-step

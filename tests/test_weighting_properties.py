@@ -15,6 +15,7 @@ no-conflict guarantee is ``κ_k <= 0``.
 """
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -130,13 +131,34 @@ def test_upgrad_trace_ridge_bound_holds(k):
     assert np.all(w >= 1.0 / k - 1e-6)
 
 
-def test_upgrad_trace_ridge_can_point_against_a_small_task():
-  # The issue's example, in float64 from the definition (an exact QP by enumeration in
-  # test_weightings): torchjd's weights give <g_3, u> = −0.0043 (cosine −0.92).
-  from tests.test_weightings import _upgrad_torchjd
+def _upgrad_trace_float64(j, eps=RIDGE):
+  """torchjd's UPGrad in float64: v_i = argmin_{v >= e_i/K} vᵀ(G/tr G + εI)v, each QP by
+  enumerating the active sets (the KKT point with v >= e_i/K and Qv >= 0 off them)."""
+  k = len(j)
+  q = j @ j.T / np.trace(j @ j.T) + eps * np.eye(k)
+  total = np.zeros(k)
+  for i in range(k):
+    lo = np.eye(k)[i] / k
+    for r in range(k + 1):
+      for free in itertools.combinations(range(k), r):
+        f = list(free)
+        b = [x for x in range(k) if x not in f]
+        v = lo.copy()
+        if f:
+          v[f] = np.linalg.solve(q[np.ix_(f, f)], -q[np.ix_(f, b)] @ lo[b])
+        if np.all(v >= lo - 1e-12) and np.all((q @ v)[b] >= -1e-12):
+          break
+      else:
+        continue
+      break
+    total += v
+  return total
 
+
+def test_upgrad_trace_ridge_can_point_against_a_small_task():
+  # The issue's example, from torchjd's definition in float64: <g_3, u> = −0.0043 (cosine −0.92).
   j = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-0.01, -0.01, 0.003]])
-  ref = _upgrad_torchjd(j, norm_eps=0.0)
+  ref = _upgrad_trace_float64(j)
   assert (j @ (ref @ j))[2] == pytest.approx(-0.0043, abs=5e-5)
   w = np.asarray(ww.upgrad(jnp.asarray(j @ j.T, jnp.float32)), np.float64)
   np.testing.assert_allclose(w, ref, rtol=1e-3)
