@@ -21,7 +21,7 @@ report = importlib.import_module("toy_two_objective_report")
 
 
 def _by_hand(x1: float, x2: float) -> tuple[float, float]:
-  """The DESIGN.md formulas in plain Python floats."""
+  """The formulas of docs/reference_problems.md in plain Python floats."""
   f1 = math.log(max(abs(0.5 * (-x1 - 7) - math.tanh(-x2)), 5e-6)) + 6
   f2 = math.log(max(abs(0.5 * (-x1 + 3) + math.tanh(-x2) + 2), 5e-6)) + 6
   c1, c2 = max(math.tanh(0.5 * x2), 0.0), max(math.tanh(-0.5 * x2), 0.0)

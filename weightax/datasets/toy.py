@@ -4,7 +4,7 @@ Two losses of a point ``x = (x1, x2)`` whose Pareto set is (close to) the
 segment ``x2 = -8.3552, x1 ∈ [-7, 7]``. Above ``x2 = 0`` the losses are
 steep log-valleys whose gradients conflict and differ in magnitude by orders
 of magnitude; below, two quadratics whose minima ``(±7, -8)`` bracket the
-Pareto set. Definitions follow DESIGN.md ("Reference problems") and the
+Pareto set. Definitions follow docs/reference_problems.md and the
 Nash-MTL code (``experiments/toy/problem.py``) exactly.
 
 References:
@@ -50,7 +50,7 @@ def toy_loss_terms(x: jax.Array) -> dict[str, jax.Array]:
     x: a point ``(x1, x2)``, shape ``[2]``.
 
   Returns:
-    ``{name: scalar}`` with the formulas of DESIGN.md.
+    ``{name: scalar}`` with the formulas of docs/reference_problems.md.
   """
   x = jnp.asarray(x)
   if x.shape != (2,):
