@@ -129,3 +129,13 @@ def test_low_precision_error_within_format_bound(name, fmt):
       f"K·u·cond (K={K}, u={u:.3g}); worst: error {err[worst]:.3g}, bound {bound[worst]:.3g}, "
       f"value {ref[worst]:.4g}, draw {worst[0]}"
   )
+
+
+def test_ghm_r_float16_large_residuals_do_not_overflow():
+  # d² overflows float16 beyond |d| = 256; the ASL1 must stay ≈ |d| − μ (one bin: β = 1).
+  d = np.array([300.0, -1000.0, 60000.0, 0.5])
+  loss, _ = L.ghm_r(jnp.asarray(d, jnp.float16), jnp.zeros(4, jnp.float16), mu=2.0**-6, bins=1)
+  d16 = np.asarray(jnp.asarray(d, jnp.float16), np.float64)
+  expected = np.sqrt(d16**2 + 2.0**-12) - 2.0**-6
+  u = float(jnp.finfo(jnp.float16).eps) / 2
+  np.testing.assert_allclose(np.asarray(loss, np.float64), expected, rtol=K * u)

@@ -6,10 +6,18 @@ labels ``[...]`` for logits ``[..., C]``) or per element (sigmoid-type losses, l
 like the logits), with no reduction. Hyperparameters may be traced arrays, so a sweep over
 them can be vmapped. ``where`` masks have the output's shape and give zero loss; note that
 this differs from ``optax.softmax_cross_entropy(where=...)``, whose mask is over classes.
-The GHM losses also take and return a ``GHMState`` holding their running bin counts.
+The GHM losses also take and return a ``GHMState`` holding their running bin counts, and
+return each element's weighted loss before mmdetection's division by its element count.
 
-Shapes and dtypes are checked eagerly with a ValueError; integer labels outside ``[0, C)``
-raise when the labels are concrete and give a NaN loss under ``jit``/``vmap``.
+Shapes and dtypes are checked eagerly with a ValueError. Values are checked whenever they
+are concrete (a ValueError saying what was expected and what came): integer labels outside
+``[0, C)``, sigmoid-type labels outside ``[0, 1]``, negative or NaN class counts and priors,
+β outside ``[0, 1]``, GHM momentum outside ``[0, 1)``, μ ≤ 0. Under ``jit``/``vmap`` the
+values cannot be inspected, and the same inputs give NaN (in the affected elements, or in
+every weight when they enter a normalisation) instead of a wrong number. Labels masked out
+by ``where`` (or by GHM's ``label_weights``) are never checked and never produce NaN, so an
+ignore index such as -100 works the same eagerly and under ``jit``. Integer counts of any
+size are converted through float64, so counts above 2^31 do not wrap.
 """
 
 from weightax.losses.asymmetric import asymmetric_loss

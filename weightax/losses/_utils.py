@@ -24,7 +24,7 @@ def concrete(x: Any) -> np.ndarray | None:
   return np.asarray(x)
 
 
-def to_float(x: Any, dtype: Any = None) -> jax.Array:
+def to_float(x: Any, dtype: Any = None, what: str = "input") -> jax.Array:
   """``x`` as a floating JAX array, without wrapping integers above 2^31.
 
   JAX (without x64) casts NumPy int64 to int32, so 3e9 wraps to a negative number, and a
@@ -37,7 +37,7 @@ def to_float(x: Any, dtype: Any = None) -> jax.Array:
   else:
     host = np.asarray(x)
     if not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
-      raise ValueError(f"expected a numeric array; got dtype {host.dtype}.")
+      raise ValueError(f"{what} must be numeric; got dtype {host.dtype}.")
     if np.issubdtype(host.dtype, np.floating):
       arr = jnp.asarray(host)
     else:
@@ -52,8 +52,10 @@ def _describe(bad: np.ndarray) -> str:
   nan = int(np.isnan(bad).sum()) if np.issubdtype(bad.dtype, np.floating) else 0
   finite = bad[~np.isnan(bad)] if nan else bad
   parts = []
-  if finite.size:
-    parts.append(f"{finite.size} value(s) in [{finite.min():.6g}, {finite.max():.6g}]")
+  if finite.size == 1:
+    parts.append(f"{finite.ravel()[0]:.6g}")
+  elif finite.size:
+    parts.append(f"{finite.size} values in [{finite.min():.6g}, {finite.max():.6g}]")
   if nan:
     parts.append(f"{nan} NaN")
   return " and ".join(parts)
@@ -192,7 +194,7 @@ def check_class_vector(v: Any, num_classes: int, name: str, fn: str, dtype: Any)
         f"{fn}: {name} must have shape ({num_classes},), one entry per class; "
         f"got {shape_of(v)}."
     )
-  return to_float(v, dtype)
+  return to_float(v, dtype, f"{fn}: {name}")
 
 
 def nonnegative(arr: jax.Array, original: Any, fn: str, name: str) -> jax.Array:
@@ -226,7 +228,7 @@ def check_counts(counts: Any, fn: str, dtype: Any = None) -> jax.Array:
         f"{fn}: counts must be a non-empty vector (num_classes,); got shape "
         f"{shape_of(counts)}."
     )
-  return nonnegative(to_float(counts, dtype), counts, fn, "counts")
+  return nonnegative(to_float(counts, dtype, f"{fn}: counts"), counts, fn, "counts")
 
 
 def gather_class(values: jax.Array, labels: jax.Array) -> jax.Array:

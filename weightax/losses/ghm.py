@@ -291,8 +291,9 @@ def ghm_r(
   dtype = preds.dtype
   d = preds - targets
   mu_ = jnp.asarray(mu).astype(dtype)
-  # sqrt(d² + μ²) - μ rewritten as d² / (sqrt(d² + μ²) + μ): the same value without the
-  # cancellation that costs bfloat16 most of its digits when |d| << μ.
-  asl1 = d * d / (jnp.sqrt(d * d + mu_ * mu_) + mu_)
+  # sqrt(d² + μ²) - μ rewritten as d · d / (hypot(d, μ) + μ): the same value without the
+  # cancellation that costs bfloat16 most of its digits when |d| << μ, and, with hypot and
+  # the ratio (at most 1) taken first, without overflowing d² (float16 beyond |d| = 256).
+  asl1 = d * (d / (jnp.hypot(d, mu_) + mu_))
   loss = asl1 * w.astype(dtype)
   return loss.astype(dtype), new_state
