@@ -247,6 +247,9 @@ def test_ghm_c_single_call_matches_mmdetection_loop():
   np.testing.assert_allclose(loss, ref, rtol=RTOL, atol=1e-7)
   # The documented one-line reduction (no label weights: the mean) is mmdetection's GHMC.
   np.testing.assert_allclose(loss.mean(), scalar, rtol=RTOL)
+  # As documented: at momentum 0 the weights beta = loss / BCE average to 1.
+  np.testing.assert_allclose(np.mean(np.asarray(loss, np.float64) / np_bce(x, y)), 1.0,
+                             rtol=1e-5)
   assert isinstance(state, GHMState) and state.acc_sum.shape == (10,)
 
 
