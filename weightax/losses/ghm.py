@@ -237,7 +237,7 @@ def ghm_r(
   weights. ``momentum=0`` uses this batch's counts only and returns ``state`` untouched;
   ``momentum > 0`` an un-bias-corrected running average (see ``ghm_c``).
 
-  Refused when concrete (ValueError): ``mu <= 0`` or NaN (at μ = 0 the ASL1 is |d|, whose
+  Refused when concrete (ValueError): ``mu <= 0`` or NaN (at μ = 0 the ASL1 is ``|d|``, whose
   gradient at d = 0 is undefined) and ``momentum`` outside ``[0, 1)`` or NaN. Under
   ``jit``/``vmap`` they make the loss and the state NaN instead.
 

@@ -17,7 +17,7 @@ weighting     update                                          ``<Jᵀw, g_k> >= 
 ``nash_mtl``  Nash bargaining solution ``Gα = 1/α``, clipped  yes (``∝ 1/α_k``)
 ============  ==============================================  ===========================
 
-κ_k = −<g_k, Jᵀw> / (‖g_k‖·Σ_j |w_j|‖g_j‖) measures a conflict (at most 1; the
+``κ_k = −<g_k, Jᵀw> / (‖g_k‖·Σ_j |w_j|‖g_j‖)`` measures a conflict (at most 1; the
 cosine when no contributions cancel). ``upgrad``'s default ``ridge="trace"``
 (torchjd's ``ε·I`` on ``G/tr(G)``) only bounds it by ``ε·tr(G)/‖g_k‖²``: a task
 with a small gradient can be conflicted outright (κ = 1); ``ridge="relative"``
