@@ -312,6 +312,34 @@ def test_nash_mtl_accuracy_is_as_documented(k):
       assert err <= (tol_rank if kind in ("rank", "opposite") else 1e-5), (kind, err)
 
 
+# Zero gradients, as documented ------------------------------------------------------------------
+
+
+def test_zero_gradients_get_the_documented_weights():
+  j = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [-3.0, 0.5, 1.0], [0.0, 0.0, 0.0]])
+  g = jnp.asarray(j @ j.T, jnp.float32)
+  # MGDA: 0 is in the hull, so λ is uniform over the zero-gradient tasks.
+  np.testing.assert_allclose(ww.mgda(g), [0.0, 0.5, 0.0, 0.5], atol=1e-7)
+  np.testing.assert_allclose(ww.mgda(g[:2, :2]), [0.0, 1.0], atol=1e-7)
+  # IMTL-G: weight 0, and the others as without them.
+  w = np.asarray(ww.imtl_g(g))
+  np.testing.assert_allclose(w[[1, 3]], 0.0, atol=0)
+  np.testing.assert_allclose(w[[0, 2]], ww.imtl_g(g[::2, ::2]), rtol=1e-6)
+  # UPGrad, relative ridge: w_k = u_k = 1/K for a zero gradient.
+  w = np.asarray(ww.upgrad(g, ridge="relative"))
+  np.testing.assert_allclose(w[[1, 3]], 0.25, rtol=1e-6)
+
+
+def test_upgrad_aggregator_passes_the_relative_ridge():
+  j = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-0.01, -0.01, 0.003]], np.float32)
+  for ridge, conflicts in [("trace", True), ("relative", False)]:
+    tx = wx.upgrad(ridge=ridge)
+    u, _ = tx.update({"w": jnp.asarray(j)}, tx.init(None))
+    w = np.asarray(ww.upgrad(jnp.asarray(j @ j.T), ridge=ridge))
+    np.testing.assert_allclose(u["w"], w @ j, rtol=1e-5, atol=1e-8)
+    assert (float(j[2].astype(np.float64) @ np.asarray(u["w"], np.float64)) < 0) == conflicts
+
+
 # The numbers the docstrings quote: `python tests/test_weighting_properties.py` ------------------
 
 

@@ -38,7 +38,10 @@ def nash_mtl(
      u = \\min\\!\\Big(1, \\frac{\\text{max\\_norm}}{\\|J^\\top\\alpha\\|}\\Big) J^\\top\\alpha
 
   ``<u, g_k> ∝ 1/α_k > 0`` for every task: the bargaining solution is a
-  common ascent direction for every task's utility. Following the paper's
+  common ascent direction for every task's utility (with the ridge,
+  ``∝ 1/α_k − reg_eps·‖g_k‖²·α_k``, positive on every adversarial Gramian
+  tested; see :func:`weightax.weightings.nash_mtl`, also for α's accuracy in
+  float32). Following the paper's
   code, α is recomputed every ``update_weights_every`` steps (kept in the
   state in between, and applied to the new gradients) and the update of the
   shared parameters is clipped to ``max_norm`` (``<= 0``: no clipping); the
