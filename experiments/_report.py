@@ -11,7 +11,9 @@ One place decides what a study may claim, so that no verdict contradicts its tab
 * :func:`compare` does both for two arrays of per-seed results of the same seeds;
 * :func:`fmt`, :func:`range_label` format numbers and grid ranges for reports (a range
   label is always built from the values actually run, never typed in);
-* :func:`refuse_direct_run` makes a helper module of a study say so when run as a script.
+* :func:`refuse_direct_run` makes a helper module of a study say so when run as a script;
+* :class:`HelpFormatter` is the studies' argparse formatter: every option shows its
+  default exactly once.
 
 Studies import this module as ``import _report`` after putting ``experiments/`` on
 ``sys.path`` (each study script does). Example::
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LEVEL", "describe", "t_interval", "verdict", "compare", "fmt", "range_label",
-           "refuse_direct_run"]
+           "refuse_direct_run", "HelpFormatter"]
 
 LEVEL = 0.95
 """Default confidence level of every interval and verdict."""
@@ -151,6 +153,20 @@ def range_label(values: Sequence[float] | np.ndarray, spec: str = "g") -> str:
   if v.size == 0:
     return "—"
   return f"[{format(float(v.min()), spec)}, {format(float(v.max()), spec)}]"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """``ArgumentDefaultsHelpFormatter`` that shows each default once.
+
+  An option whose help already states its default in words (``"(default: runs/<study>/
+  <UTC time>)"``) keeps that text instead of gaining a second ``(default: None)``.
+  """
+
+  def _get_help_string(self, action: argparse.Action) -> str | None:
+    text = action.help or ""
+    if "default" in text.lower():
+      return text
+    return super()._get_help_string(action)
 
 
 def refuse_direct_run(module_doc: str | None, study: str) -> None:

@@ -33,6 +33,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _report  # noqa: E402
 import gradnorm_synthetic_report as report  # noqa: E402
 
 import weightax as wx  # noqa: E402
@@ -50,7 +51,7 @@ METHODS = ("equal", "gradnorm", "uncertainty")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      formatter_class=_report.HelpFormatter,
   )
   p.add_argument("--out", default=None,
                  help="output directory (default: runs/gradnorm_synthetic/<UTC time>)")

@@ -42,6 +42,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _report  # noqa: E402
 import imbalance_report as report  # noqa: E402
 
 import weightax as wx  # noqa: E402
@@ -75,7 +76,7 @@ def _floats(text: str) -> list[float]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      formatter_class=_report.HelpFormatter,
   )
   p.add_argument("--out", default=None,
                  help="output directory (default: runs/imbalance/<UTC time>)")

@@ -34,6 +34,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _report  # noqa: E402
 import loss_scale_report as report  # noqa: E402
 
 import weightax as wx  # noqa: E402
@@ -57,7 +58,7 @@ ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      formatter_class=_report.HelpFormatter,
   )
   p.add_argument("--out", default=None,
                  help="output directory (default: runs/loss_scale/<UTC time>)")

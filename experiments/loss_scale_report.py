@@ -115,7 +115,7 @@ def classify(name: str, e: dict, ws: np.ndarray, tol: float = TOL) -> tuple[str,
       return "invariant", (f"invariant over the whole grid run, w in {grid}: every w needs "
                            f"within ±{tol:.0%} of the steps at w in {ref}")
     return "invariant_down_to", (f"steps within ±{tol:.0%} of those at w in {ref} for every "
-                                 f"w >= {_report.fmt(inv)}; slower below")
+                                 f"w >= {_report.fmt(inv)}, but not at the next smaller w")
   lo, hi = e["slope_ci"]
   ci = f"95% CI of the slope [{_report.fmt(lo, '+.2f')}, {_report.fmt(hi, '+.2f')}]"
   if hi < 0:

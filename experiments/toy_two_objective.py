@@ -39,6 +39,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _report  # noqa: E402
 import toy_two_objective_report as report  # noqa: E402
 
 import weightax as wx  # noqa: E402
@@ -71,7 +72,7 @@ METHODS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      formatter_class=_report.HelpFormatter,
   )
   p.add_argument("--out", default=None,
                  help="output directory (default: runs/toy_two_objective/<UTC time>)")

@@ -10,6 +10,8 @@ import doctest
 import importlib
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,8 +136,9 @@ def test_every_helper_module_is_listed():
 _RUN_ALL = """
 import contextlib, io, json, runpy, sys
 out = {}
-for path in sys.argv[1:]:
-  for argv in (["--help"], []):
+help_only = sys.argv[1] == "--help-only"
+for path in sys.argv[2:]:
+  for argv in (["--help"],) if help_only else (["--help"], []):
     sys.argv = [path, *argv]
     o, e = io.StringIO(), io.StringIO()
     code = 0
@@ -153,7 +156,7 @@ print(json.dumps(out))
 def helper_runs():
   """Every helper run as a script, with --help and without, in ONE interpreter (fast)."""
   paths = [str(ROOT / "experiments" / n) for n in HELPERS]
-  proc = subprocess.run([sys.executable, "-c", _RUN_ALL, *paths], capture_output=True,
+  proc = subprocess.run([sys.executable, "-c", _RUN_ALL, "--both", *paths], capture_output=True,
                         text=True, check=True, cwd=ROOT / "experiments")
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -167,3 +170,29 @@ def test_helper_modules_say_they_are_not_scripts(name, helper_runs):
   assert "not run directly" in text and "python experiments/" in text
   code, out, err = helper_runs[path + " "]
   assert code == 2 and "not a script" in err, (code, out, err)
+
+
+STUDIES = ("loss_scale.py", "imbalance.py", "gradnorm_synthetic.py", "toy_two_objective.py")
+
+
+@pytest.fixture(scope="module")
+def study_help():
+  paths = [str(ROOT / "experiments" / n) for n in STUDIES]
+  # --help only: a study run without arguments would start its default (long) run
+  proc = subprocess.run([sys.executable, "-c", _RUN_ALL, "--help-only", *paths],
+                        capture_output=True, text=True, check=True, cwd=ROOT / "experiments",
+                        env={**os.environ, "COLUMNS": "100"})
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_study_help_shows_each_default_once(name, study_help):
+  code, out, err = study_help[str(ROOT / "experiments" / name) + " --help"]
+  assert code == 0, err
+  options = re.split(r"\n  (?=-)", out.split("options:", 1)[1])[1:]
+  assert len(options) > 5
+  for opt in options:
+    text = " ".join(opt.split())
+    if text.startswith("-h, --help"):
+      continue
+    assert text.lower().count("default") == 1, text
