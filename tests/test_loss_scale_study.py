@@ -127,3 +127,19 @@ def test_default_run_meets_the_published_bars(tmp_path):
   assert adam["spread"] <= 1.2, adam
   assert adam["verdict"] in ("invariant", "invariant_down_to"), adam
   assert adam["spread_range"] == "[0.01, 10]"
+
+
+def test_verdict_boundaries_of_the_slope_band_and_the_invariance_tolerance():
+  ws = np.logspace(0, 1, 4)
+  t1 = stats.t.ppf(0.975, 1)  # two seeds: half-width = t(0.975, 1)·d for slopes -1 ± d
+  for half, want in ((0.149, "proportional"), (0.151, "slower")):
+    d = half / t1
+    e = report.analyse(_steps_with_slopes(ws, [-1 - d, -1 + d]), ws, ["sgd"])["sgd"]
+    assert e["verdict"] == want, (half, e["slope_ci"])
+  # Adam: the smallest w needs 1.24x / 1.26x the steps of the reference range [1, 10]
+  ws = np.logspace(-1, 1, 5)  # 0.1, 0.316, 1, 3.16, 10
+  for ratio, want in ((1.24, 0.1), (1.26, ws[1])):
+    steps = np.full((1, 5, 2), 100.0)
+    steps[0, 0] = 100.0 * ratio
+    e = report.analyse(steps, ws, ["adam"])["adam"]
+    assert e["w_invariant_down_to"] == pytest.approx(want), ratio
