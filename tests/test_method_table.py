@@ -37,7 +37,7 @@ KS = (2, 3, 10)
 N = 12  # parameters: > K so random Jacobians have full row rank
 TOL = 1e-4
 TOL_SAME = 1e-3
-RIDGE = {"mgda": 1e-6, "upgrad": 1e-4}  # the factories' default reg_eps
+RIDGE = {"mgda": 1e-6, "upgrad": 1e-4, "dualproj": 1e-4}  # the factories' default reg_eps
 
 # Factories of weightax.aggregators that are building blocks, not methods.
 NOT_METHODS = {
@@ -281,11 +281,11 @@ def test_aggregator_is_the_weighting(name):
   u = run(name, js)
   w = weights_of(name, js)
   err = np.linalg.norm(u - update64(js, w), axis=1)
-  assert np.all(err <= TOL * scale_of(js, w)), (err / scale_of(js, w)).max()
+  assert np.all(err <= TOL * scale_of(js, w)), err / np.maximum(scale_of(js, w), 1e-300)
   q, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(N, N)))
   rot = run(name, (js.astype(np.float64) @ q).astype(np.float32))
   err = np.linalg.norm(rot - u @ q, axis=1)
-  assert np.all(err <= TOL_SAME * scale_of(js, w)), (err / scale_of(js, w)).max()
+  assert np.all(err <= TOL_SAME * scale_of(js, w)), err / np.maximum(scale_of(js, w), 1e-300)
 
 
 def _conflict_measure(name: str, k: int) -> tuple[float, float]:
@@ -350,15 +350,19 @@ def test_scale_invariance(name):
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_permutation_invariance(name):
   claim = TABLE[name].permutation_invariant
+  worst_rel = 0.0
   for k in KS:
     js = all_jacobians(k)
     perm = np.random.default_rng(k).permutation(k)
     losses = np.linspace(1.0, 2.0, k, dtype=np.float32)[None].repeat(B, 0)
-    if claim == "yes":
+    if claim.startswith("yes"):
       w = weights_of(name, js, losses)
       wp = weights_of(name, js[:, perm], losses[:, perm])
       err = np.linalg.norm(update64(js, w) - update64(js[:, perm], wp), axis=1)
-      assert np.all(err <= TOL_SAME * scale_of(js, w)), (k, (err / scale_of(js, w)).max())
+      rel = err / np.maximum(scale_of(js, w), np.finfo(np.float64).tiny)
+      worst_rel = max(worst_rel, rel.max())
+      tol = TOL_SAME if claim == "yes" else 10 * TOL_SAME  # "up to rounding": 1%
+      assert np.all(rel <= tol), (k, rel.max())
     elif k <= 3:  # in distribution: mean weights over many keys agree within their std. error
       one, onep = js[-1:].repeat(B, 0), js[-1:, perm].repeat(B, 0)
       w = np.concatenate([weights_of(name, one, losses, jax.random.split(jax.random.key(i), B))
@@ -371,6 +375,8 @@ def test_permutation_invariance(name):
       assert np.all(np.abs(u.mean(0) - v.mean(0)) <= 5 * se + 1e-6), (k, perm)
       if k > 2:  # not invariant for each key (else the claim would be "yes")
         assert np.abs(u[:B] - update64(onep, wp[:B])).max() > 1e-3
+  if claim == "yes (up to rounding)":  # the rounding shows (else the claim would be "yes")
+    assert worst_rel > TOL_SAME, worst_rel
 
 
 # ------------------------------------------------------------------ the README agrees

@@ -28,8 +28,10 @@ Vocabulary of the columns:
   (the same direction, a different length) or ``"no"``; for stateful methods,
   at the first step.
 - ``permutation_invariant``: whether reordering the tasks leaves the update
-  unchanged: ``"yes"`` or ``"in distribution"`` (random methods: the same
-  distribution of updates).
+  unchanged: ``"yes"``, ``"in distribution"`` (random methods: the same
+  distribution of updates) or ``"yes (up to rounding)"``: exact in exact
+  arithmetic, but float32 rounding (an eigendecomposition of an ill-conditioned
+  Gramian) can change the update by up to 1% of its scale.
 - ``weighting``: whether the update is ``Σ_k w_k g_k`` with weights computed
   from ``G``, the losses and the state (so it lies in the span of the task
   gradients and rotates with them).
@@ -46,7 +48,7 @@ __all__ = ["Method", "METHODS", "NEEDS", "by_name", "hyperparameters", "markdown
 NEEDS = ("task_losses", "key", "Gramian", "Jacobian", "extra forward pass", "validation data")
 CONFLICT_FREE = ("yes", "yes (up to ridge)", "K = 2", "no")
 SCALE_INVARIANT = ("yes", "direction", "no")
-PERMUTATION_INVARIANT = ("yes", "in distribution")
+PERMUTATION_INVARIANT = ("yes", "yes (up to rounding)", "in distribution")
 
 # Arguments every factory may take that are not hyperparameters of the method.
 _NOT_HYPERPARAMETERS = ("num_tasks", "shared")
@@ -162,12 +164,46 @@ METHODS: tuple[Method, ...] = (
              "gradient norm is below about reg_eps·tr(G) can be in conflict with the update.",
     ),
     Method(
+        name="dualproj", title="DualProj", paper="Lopez-Paz & Ranzato, NeurIPS 2017",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="yes (up to ridge)", scale_invariant="no", permutation_invariant="yes",
+        weighting=True,
+        note="GEM's projection of the mean gradient onto the dual cone, as torchjd's DualProj; "
+             "the default ridge (reg_eps = 1e-4 on G/tr(G), ridge='trace') bounds a violation "
+             "by reg_eps·tr(G)·w_k, ridge='relative' by reg_eps·‖g_k‖²·w_k.",
+    ),
+    Method(
+        name="aligned_mtl", title="Aligned-MTL", paper="Senushkin et al., CVPR 2023",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes (up to rounding)",
+        weighting=True,
+        note="The weights come from an eigendecomposition of G whose small eigenvalues float32 "
+             "resolves only to λ_max·eps: on an ill-conditioned Gramian, reordering the tasks "
+             "changed the update by 0.26% of its scale.",
+    ),
+    Method(
         name="nash_mtl", title="Nash-MTL", paper="Navon et al., ICML 2022",
         needs=("Gramian",), state="step count, last α (for update_weights_every > 1)",
         state_fields=("count", "alpha"), num_tasks="optional",
         conflict_free="yes", scale_invariant="yes", permutation_invariant="yes", weighting=True,
         note="<u, g_k> is proportional to 1/α_k > 0. num_tasks is required only with "
              "update_weights_every > 1 (α is cached in the state).",
+    ),
+    Method(
+        name="dualproj", title="DualProj", paper="Lopez-Paz & Ranzato, NeurIPS 2017",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="yes (up to ridge)", scale_invariant="no", permutation_invariant="yes",
+        weighting=True,
+        note="GEM's projection of the mean gradient onto the dual cone, as torchjd's DualProj; "
+             "the default ridge reg_eps = 1e-4 on G/tr(G) is torchjd's (ridge=\"relative\" "
+             "protects small tasks too).",
+    ),
+    Method(
+        name="aligned_mtl", title="Aligned-MTL", paper="Senushkin et al., CVPR 2023",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="Sums the aligned gradients (p = 1) as the authors' code and LibMTL; torchjd's "
+             "mean is pref_vector = 1/K.",
     ),
 )
 
