@@ -223,8 +223,11 @@ def plot_weights(path: Path, results: dict, sigmas: dict, args) -> None:
     if t > 4:  # one colour bar per row instead of a legend that would hide the curves
       sm = plt.cm.ScalarMappable(cmap=cmap, norm=norm)
       cb = fig.colorbar(sm, ax=axes[i, :], shrink=0.9)
-      ticks = np.log(sig[:: max(1, t // 5)])
-      cb.set_ticks(ticks, labels=[f"{np.exp(v):.3g}" for v in ticks])
+      # round σ (1, 3, 10, 30, ...) inside the range, ends included
+      nice = np.outer(10.0 ** np.arange(np.floor(lo / np.log(10)), np.ceil(hi / np.log(10)) + 1),
+                      [1.0, 3.0]).ravel()
+      vals = np.unique(np.r_[sig.min(), nice[(nice > sig.min()) & (nice < sig.max())], sig.max()])
+      cb.set_ticks(np.log(vals), labels=[f"{v:.3g}" for v in vals])
       cb.set_label(f"task σ (T={t})")
   fig.suptitle("Task weights over time (median over seeds; dotted: equal weights = 1)",
                fontsize=11)
