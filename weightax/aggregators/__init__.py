@@ -1,7 +1,7 @@
 """Multi-task aggregators: per-task gradients (leading K axis) -> one update.
 
 Each factory returns an ``optax.GradientTransformationExtraArgs``; put it first
-in an ``optax.chain``. See DESIGN.md's aggregator contract.
+in an ``optax.chain``. The aggregator contract is in ``docs/contract.md``.
 """
 
 from weightax.aggregators._base import (
@@ -14,7 +14,9 @@ from weightax.aggregators._base import (
     resolve_shared,
     split_shared,
 )
+from weightax.aggregators.aligned_mtl import AlignedMTLState, aligned_mtl
 from weightax.aggregators.cagrad import CAGradState, cagrad
+from weightax.aggregators.dualproj import DualProjState, dualproj
 from weightax.aggregators.dwa import DWAState, dwa
 from weightax.aggregators.gradnorm import GradNormState, gradnorm
 from weightax.aggregators.imtl_g import IMTLGState, imtl_g
@@ -66,4 +68,8 @@ __all__ = [
     "nash_mtl",
     "pcgrad",
     "upgrad",
+    "AlignedMTLState",
+    "DualProjState",
+    "aligned_mtl",
+    "dualproj",
 ]
