@@ -1,0 +1,239 @@
+"""Parity of the stateless methods of issue 9 with independent float64 references.
+
+Each reference is a NumPy float64 transcription written here from the method's
+definition (torchjd's formula where the paper leaves a choice open), not from
+weightax's solvers: DualProj's box-constrained QP by enumerating the sets of
+coordinates at their bound, Aligned-MTL by torchjd's eigendecomposition.
+The Jacobians are random, with row norms spread over e^±8, rank-deficient,
+with a nearly opposite pair, and hand-made adversarial cases.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import weightax as wx
+
+F32_EPS = float(np.finfo(np.float32).eps)
+N = 12
+
+
+def _families(k: int) -> dict[str, np.ndarray]:
+  """``[B, K, N]`` float32 Jacobians for K tasks, from a fixed seed per K."""
+  rng = np.random.default_rng(900 + k)
+  fam: dict[str, list[np.ndarray]] = {"random": [], "spread": [], "rank": [], "opposite": []}
+  for _ in range(4):
+    fam["random"].append(rng.normal(size=(k, N)))
+    x = rng.normal(size=(k, N))
+    logn = rng.uniform(-8, 8, size=k)
+    logn[:2] = (-8.0, 8.0)
+    fam["spread"].append(np.exp(logn)[:, None] * x / np.linalg.norm(x, axis=1, keepdims=True))
+    r = int(rng.integers(1, k)) if k > 1 else 1
+    fam["rank"].append(rng.normal(size=(k, r)) @ rng.normal(size=(r, N)))
+    j = rng.normal(size=(k, N))
+    j[1] = -j[0] * rng.uniform(0.5, 2.0) + 1e-2 * rng.normal(size=N)
+    fam["opposite"].append(j)
+  adv = []
+  for a in ([[1, 0, 0], [0, 1, 0], [-0.01, -0.01, 0.003]], [[1, 0, 0], [-1, 1e-3, 0], [0, 0, 1e-3]],
+            [[1e3, 0, 0], [-1, 1, 0], [0, -1, 1e-3]]):
+    j = np.zeros((k, N))
+    j[: min(k, 3), :3] = np.asarray(a, np.float64)[: min(k, 3)]
+    j[3:] = 1e-2 * rng.normal(size=(max(k - 3, 0), N))
+    adv.append(j)
+  fam["adversarial"] = adv
+  return {name: np.stack(v).astype(np.float32) for name, v in fam.items()}
+
+
+CASES = [pytest.param(k, fam, id=f"K{k}-{fam}") for k in (2, 3, 5)
+         for fam in ("random", "spread", "rank", "opposite", "adversarial")]
+
+
+def _gramian(j: np.ndarray) -> jnp.ndarray:
+  return wx.gramian({"w": jnp.asarray(j)})
+
+
+def _scale(j64: np.ndarray, w: np.ndarray) -> float:
+  """``Σ_k |w_k| ‖g_k‖``: the size of the terms of ``Jᵀw``."""
+  return float(np.abs(w) @ np.linalg.norm(j64, axis=1))
+
+
+# ------------------------------------------------------------------ DualProj
+
+
+def _box_qp(q: np.ndarray, lo: np.ndarray) -> np.ndarray:
+  """``argmin_{v >= lo} vᵀQv`` (Q positive definite) by trying every set of bound coordinates."""
+  k = len(lo)
+  best = None
+  for r in range(k + 1):
+    for bound in itertools.combinations(range(k), r):
+      b = list(bound)
+      free = [i for i in range(k) if i not in bound]
+      v = lo.copy()
+      if free:
+        v[free] = np.linalg.solve(q[np.ix_(free, free)], -q[np.ix_(free, b)] @ lo[b])
+      if np.all(v >= lo - 1e-12) and np.all((q @ v)[b] >= -1e-10 * np.abs(q).max() * abs(v).max()):
+        if best is None or v @ q @ v < best[0]:
+          best = (v @ q @ v, v)
+  assert best is not None
+  return best[1]
+
+
+def _dualproj_ref(j64: np.ndarray, ridge: str, u: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+  """torchjd's DualProjWeighting in float64: ``argmin_{v >= u} vᵀ(G/tr G + εR)v``."""
+  g = j64 @ j64.T
+  g = g / np.trace(g)
+  r = np.eye(len(g)) if ridge == "trace" else np.diag(np.diag(g))
+  return _box_qp(g + eps * r, u)
+
+
+@pytest.mark.parametrize("ridge", ["trace", "relative"])
+@pytest.mark.parametrize("k, fam", CASES)
+def test_dualproj_matches_the_float64_qp(k, fam, ridge):
+  """Worst measured error 5e-6 of Σ|w_k|‖g_k‖; Q's condition number (up to ~K/ε = 5e4)
+  times float32's eps bounds it by about 3e-3, so 1e-4 is tight, not loose."""
+  rng = np.random.default_rng(k)
+  for i, j in enumerate(_families(k)[fam]):
+    j64 = j.astype(np.float64)
+    # the default preference 1/K, and a random positive one on every other Jacobian
+    u = np.full(k, 1.0 / k) if i % 2 == 0 else rng.uniform(0.1, 1.0, size=k)
+    # always an array, so one program per K (the default None is the conflict test's)
+    pref = jnp.asarray(u, jnp.float32)
+    w = np.asarray(wx.weightings.dualproj(_gramian(j), pref_vector=pref, ridge=ridge), np.float64)
+    want = _dualproj_ref(j64, ridge, u.astype(np.float32).astype(np.float64))
+    err = np.linalg.norm((w - want) @ j64) / _scale(j64, want)
+    assert err <= 1e-4, (i, err, w, want)
+    assert np.all(w >= u * (1 - 1e-6))
+
+
+@pytest.mark.parametrize("k, fam", CASES)
+def test_dualproj_conflict_bounds(k, fam):
+  """KKT: <g_k, Jᵀw> >= −ε·tr(G)·w_k (trace ridge) and >= −ε·‖g_k‖²·w_k (relative)."""
+  for j in _families(k)[fam]:
+    j64 = j.astype(np.float64)
+    g = j64 @ j64.T
+    for ridge, floor in (("trace", np.trace(g)), ("relative", np.diag(g))):
+      w = np.asarray(wx.weightings.dualproj(_gramian(j), ridge=ridge), np.float64)
+      dots = g @ w
+      slack = dots + 1e-4 * floor * w
+      tol = 1e-4 * np.linalg.norm(j64, axis=1) * _scale(j64, w)  # float32 rounding of w
+      assert np.all(slack >= -tol), (ridge, slack, tol)
+
+
+def test_dualproj_is_the_preference_when_nothing_conflicts():
+  j = np.array([[1.0, 0.2, 0.0], [0.3, 1.0, 0.0], [0.0, 0.1, 2.0]], np.float32)  # no conflict
+  np.testing.assert_allclose(wx.weightings.dualproj(_gramian(j)), np.full(3, 1 / 3), rtol=1e-6)
+  u = jnp.array([0.2, 0.5, 0.3])
+  np.testing.assert_allclose(wx.weightings.dualproj(_gramian(j), pref_vector=u), u, rtol=1e-6)
+
+
+def test_dualproj_differs_from_upgrad_on_conflict():
+  """DualProj projects Σu_k g_k once; UPGrad projects each u_k g_k and sums: not the same."""
+  j = np.array([[1.0, 0.0], [-2.0, 1.0], [0.5, -1.0]], np.float32)
+  dp = np.asarray(wx.weightings.dualproj(_gramian(j)), np.float64)
+  np.testing.assert_allclose(dp, _dualproj_ref(j.astype(np.float64), "trace", np.full(3, 1 / 3)),
+                             rtol=1e-4)
+  up = np.asarray(wx.weightings.upgrad(_gramian(j)), np.float64)
+  assert np.abs(dp - up).max() > 1e-2
+
+
+def test_dualproj_zero_gradient_keeps_its_preference():
+  j = np.array([[1.0, 0.0], [-2.0, 1.0], [0.0, 0.0]], np.float32)
+  for ridge in ("trace", "relative"):
+    w = np.asarray(wx.weightings.dualproj(_gramian(j), ridge=ridge))
+    assert np.all(np.isfinite(w)) and w[2] == pytest.approx(1 / 3, rel=1e-6)
+  np.testing.assert_array_equal(wx.weightings.dualproj(jnp.zeros((3, 3))), np.full(3, 1 / 3,
+                                                                                    np.float32))
+
+
+def test_dualproj_refuses_bad_arguments():
+  with pytest.raises(ValueError, match="ridge"):
+    wx.weightings.dualproj(jnp.eye(2), ridge="none")
+  with pytest.raises(ValueError, match=r"\(2,\)"):
+    wx.weightings.dualproj(jnp.eye(2), pref_vector=jnp.ones(3))
+  with pytest.raises(ValueError, match="reg_eps"):
+    wx.dualproj(reg_eps=0.0)
+
+
+# ------------------------------------------------------------------ Aligned-MTL
+
+
+def _aligned_ref(j64: np.ndarray, p: np.ndarray, mode: str = "min") -> np.ndarray:
+  """torchjd's ``_compute_balance_transformation`` in float64 (torch's float32 eps), ``B p``."""
+  g = j64 @ j64.T
+  k = len(g)
+  lam, v = np.linalg.eigh(g)
+  rank = int(np.sum(lam > lam.max() * k * F32_EPS))
+  if rank == 0:
+    return p
+  order = np.argsort(-lam)
+  lam, v = lam[order][:rank], v[:, order][:, :rank]
+  sigma = {"min": lam[-1], "median": np.sort(lam)[(rank - 1) // 2], "rmse": lam.mean()}[mode]
+  return np.sqrt(sigma) * v @ np.diag(1 / np.sqrt(lam)) @ v.T @ p
+
+
+def _condition(j64: np.ndarray) -> float:
+  """λ_max / σ, σ the smallest eigenvalue of G that Aligned-MTL keeps."""
+  lam = np.linalg.eigvalsh(j64 @ j64.T)
+  return float(lam.max() / lam[lam > lam.max() * len(lam) * F32_EPS].min())
+
+
+@pytest.mark.parametrize("mode", ["min", "median", "rmse"])
+@pytest.mark.parametrize("k, fam", CASES)
+def test_aligned_mtl_matches_torchjd_formula(k, fam, mode):
+  """Error <= 10·eps·λ_max/σ (float32 eigh gets eigenvalues to ~eps·λ_max; measured <= 7)."""
+  for i, j in enumerate(_families(k)[fam]):
+    j64 = j.astype(np.float64)
+    p = np.ones(k) if i % 2 == 0 else np.full(k, 1.0 / k)  # LibMTL's sum, torchjd's mean
+    pref = jnp.asarray(p, jnp.float32)  # an array: one program per K and mode
+    w = np.asarray(wx.weightings.aligned_mtl(_gramian(j), pref_vector=pref, scale_mode=mode),
+                   np.float64)
+    want = _aligned_ref(j64, p, mode)
+    err = np.linalg.norm((w - want) @ j64) / _scale(j64, want)
+    tol = 10 * F32_EPS * (_condition(j64) if mode == "min" else _condition(j64) * k)
+    assert err <= max(tol, 1e-6), (i, err, tol)
+
+
+def test_aligned_gradients_are_orthogonal_with_equal_norm():
+  """The rows of BJ have Gramian σ·I on the span of J: B's columns are the weights for e_i."""
+  rng = np.random.default_rng(5)
+  j = rng.normal(size=(4, N)).astype(np.float32)
+  g = _gramian(j)
+  b = np.stack([np.asarray(wx.weightings.aligned_mtl(g, pref_vector=e), np.float64)
+                for e in np.eye(4, dtype=np.float32)], axis=1)
+  aligned = b.T @ j.astype(np.float64)  # row i: the aligned gradient of task i
+  sigma = np.linalg.eigvalsh(j.astype(np.float64) @ j.T.astype(np.float64)).min()
+  np.testing.assert_allclose(aligned @ aligned.T, sigma * np.eye(4), atol=1e-5 * sigma * 10)
+
+
+def test_aligned_mtl_by_hand():
+  # Orthogonal gradients of norms 2 and 1: both rescaled to norm 1 (σ = 1), summed.
+  np.testing.assert_allclose(wx.weightings.aligned_mtl(jnp.diag(jnp.array([4.0, 1.0]))),
+                             [0.5, 1.0], rtol=1e-6)
+  # K identical gradients: a rank-1 Gramian, B = 11ᵀ/K, so w = 1 and the update is K·g.
+  g = jnp.full((3, 3), 2.0)
+  np.testing.assert_allclose(wx.weightings.aligned_mtl(g), np.ones(3), rtol=1e-5)
+  # Rank 0 gives B = I, as torchjd: w = p.
+  np.testing.assert_array_equal(wx.weightings.aligned_mtl(jnp.zeros((3, 3))), np.ones(3))
+  p = jnp.array([0.1, 0.2, 0.7])
+  np.testing.assert_allclose(wx.weightings.aligned_mtl(jnp.zeros((3, 3)), pref_vector=p), p)
+
+
+def test_aligned_mtl_is_invariant_to_the_scale_of_g():
+  rng = np.random.default_rng(6)
+  j = rng.normal(size=(3, N)).astype(np.float32)
+  g = _gramian(j)
+  np.testing.assert_allclose(wx.weightings.aligned_mtl(1e6 * g), wx.weightings.aligned_mtl(g),
+                             rtol=1e-4)
+
+
+def test_aligned_mtl_refuses_bad_arguments():
+  with pytest.raises(ValueError, match="scale_mode"):
+    wx.weightings.aligned_mtl(jnp.eye(2), scale_mode="max")
+  with pytest.raises(ValueError, match="scale_mode"):
+    wx.aligned_mtl(scale_mode="max")
+  with pytest.raises(ValueError, match=r"\(2,\)"):
+    wx.weightings.aligned_mtl(jnp.eye(2), pref_vector=jnp.ones(3))
