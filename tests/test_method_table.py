@@ -37,7 +37,7 @@ KS = (2, 3, 10)
 N = 12  # parameters: > K so random Jacobians have full row rank
 TOL = 1e-4
 TOL_SAME = 1e-3
-RIDGE = {"mgda": 1e-6, "upgrad": 1e-4, "dualproj": 1e-4}  # the factories' default reg_eps
+RIDGE = {"upgrad": 1e-4, "dualproj": 1e-4}  # default reg_eps of the "up to ridge" methods
 
 # Factories of weightax.aggregators that are building blocks, not methods.
 NOT_METHODS = {

@@ -130,8 +130,9 @@ METHODS: tuple[Method, ...] = (
         needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
         conflict_free="yes", scale_invariant="no", permutation_invariant="yes",
         weighting=True,
-        note="Closed form for K = 2; for K > 2 the ridge reg_eps = 1e-6 on G/tr(G) bounds a "
-             "violation by reg_eps·tr(G)·w_k, below float32's resolution of the weights.",
+        note="Closed form for K = 2; for K > 2 the relative ridge reg_eps·diag(G) (reg_eps = "
+             "1e-6) bounds a violation by reg_eps·‖g_k‖²·λ_k, below float32's resolution of "
+             "the weights.",
     ),
     Method(
         name="pcgrad", title="PCGrad", paper="Yu et al., NeurIPS 2020",
@@ -160,8 +161,9 @@ METHODS: tuple[Method, ...] = (
         needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
         conflict_free="yes (up to ridge)", scale_invariant="no", permutation_invariant="yes",
         weighting=True,
-        note="The default ridge reg_eps = 1e-4 on G/tr(G) is torchjd's; a task whose squared "
-             "gradient norm is below about reg_eps·tr(G) can be in conflict with the update.",
+        note="The default ridge (reg_eps = 1e-4 on G/tr(G), ridge='trace') is torchjd's; a task "
+             "whose squared gradient norm is below about reg_eps·tr(G) can be in conflict with "
+             "the update. ridge='relative' bounds a violation by reg_eps·‖g_k‖²·w_k instead.",
     ),
     Method(
         name="dualproj", title="DualProj", paper="Lopez-Paz & Ranzato, NeurIPS 2017",
@@ -186,8 +188,9 @@ METHODS: tuple[Method, ...] = (
         needs=("Gramian",), state="step count, last α (for update_weights_every > 1)",
         state_fields=("count", "alpha"), num_tasks="optional",
         conflict_free="yes", scale_invariant="yes", permutation_invariant="yes", weighting=True,
-        note="<u, g_k> is proportional to 1/α_k > 0. num_tasks is required only with "
-             "update_weights_every > 1 (α is cached in the state).",
+        note="<g_k, Jᵀα> = 1/α_k − reg_eps·‖g_k‖²·α_k, positive on every Gramian tested. "
+             "num_tasks is required only with update_weights_every > 1 (α is cached in the "
+             "state).",
     ),
     Method(
         name="dualproj", title="DualProj", paper="Lopez-Paz & Ranzato, NeurIPS 2017",
