@@ -37,7 +37,8 @@ SCRIPT = textwrap.dedent('''
     grads = {"w": jax.random.normal(jax.random.key(0), (2, 3, 5))}  # [devices, K, params]
     losses = jnp.abs(jax.random.normal(jax.random.key(1), (2, 3))) + 0.5
     for name in ["linear_scalarization", "mgda", "pcgrad", "cagrad", "imtl_g", "upgrad",
-                 "nash_mtl", "dwa", "uncertainty_weighting", "gradnorm"]:
+                 "nash_mtl", "dwa", "uncertainty_weighting", "gradnorm",
+                 "dualproj", "aligned_mtl"]:
       tx = getattr(wx, name)(num_tasks=3) if name in ("dwa", "uncertainty_weighting",
                                                      "gradnorm") else getattr(wx, name)()
       def per_device(g, l):

@@ -18,7 +18,9 @@ The whole public API is re-exported here; read this file to see the library.
 
 from weightax import aggregators, datasets, losses, mtl, weightings
 from weightax.aggregators import (
+    AlignedMTLState,
     CAGradState,
+    DualProjState,
     DWAState,
     GradNormState,
     IMTLGState,
@@ -29,7 +31,9 @@ from weightax.aggregators import (
     RandomLossWeightingState,
     UncertaintyWeightingState,
     UPGradState,
+    aligned_mtl,
     cagrad,
+    dualproj,
     dwa,
     gradnorm,
     gramian_aggregator,
@@ -66,6 +70,10 @@ __all__ = [
     "random_loss_weighting",
     "uncertainty_weighting",
     "upgrad",
+    "aligned_mtl",
+    "dualproj",
+    "AlignedMTLState",
+    "DualProjState",
     "CAGradState",
     "DWAState",
     "GradNormState",

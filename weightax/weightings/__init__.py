@@ -26,7 +26,9 @@ Gramians (norms over e^±8, rank-deficient, nearly opposite pairs, K <= 10) in
 ``tests/test_weighting_properties.py``.
 """
 
+from weightax.weightings.aligned_mtl import ALIGNED_MTL_SCALE_MODES, aligned_mtl
 from weightax.weightings.cagrad import cagrad
+from weightax.weightings.dualproj import DUALPROJ_RIDGES, dualproj
 from weightax.weightings.imtl_g import imtl_g
 from weightax.weightings.mgda import mgda
 from weightax.weightings.nash_mtl import nash_mtl
@@ -42,4 +44,8 @@ __all__ = [
     "pcgrad",
     "pcgrad_order",
     "upgrad",
+    "ALIGNED_MTL_SCALE_MODES",
+    "DUALPROJ_RIDGES",
+    "aligned_mtl",
+    "dualproj",
 ]
