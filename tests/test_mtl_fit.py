@@ -117,6 +117,19 @@ def test_aggregator_sees_only_shared_leaves():
   _close(res.params, jax.tree.map(lambda p, d: p - 0.1 * d, params, g), rtol=1e-5)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: wx.upgrad(shared=MASK),
+    lambda: wx.gradnorm(num_tasks=K, shared=PREFIX),  # builds its own transform
+    lambda: wx.linear_scalarization(shared=lambda p: MASK),
+], ids=["upgrad", "gradnorm", "linear_scalarization"])
+def test_shared_twice_is_refused(make):
+  agg = make()
+  assert agg.shared is not None
+  with pytest.raises(ValueError, match="give it once"):
+    mtl.fit(task_losses, init(jax.random.key(0)), agg, optax.sgd(0.1), DATA,
+            key=jax.random.key(0), num_steps=1, batch_size=8, shared=PREFIX)
+
+
 def train(hp, key):
   params = init(key)
   opt = optax.inject_hyperparams(optax.adam)(learning_rate=hp["lr"])
@@ -140,6 +153,14 @@ def test_one_compilation_per_sweep():
   final = res.grid("final")  # (lr, c, seed, K)
   assert not np.allclose(final[0, 0, 0], final[0, 1, 0])
   assert not np.allclose(final[0, 0, 0], final[0, 0, 1])
+
+
+def test_task_weights_recorded_inside_a_chain():
+  w = jnp.array([0.2, 0.3, 0.5])
+  agg = optax.chain(wx.linear_scalarization(weights=w, num_tasks=K), optax.clip(10.0))
+  res = mtl.fit(task_losses, init(jax.random.key(0)), agg, optax.sgd(0.05), DATA,
+                key=jax.random.key(1), num_steps=4, batch_size=8, shared=PREFIX)
+  np.testing.assert_allclose(res.step_metrics["task_weights"], np.tile(w, (4, 1)), rtol=1e-6)
 
 
 def _loss_softmax_aggregator():

@@ -150,8 +150,10 @@ def fit(
   task's gradient) from the same backward pass, as
   :func:`weightax.mtl.shared_jacobian` computes it, and are merged with the
   aggregated update before the optimizer. Build the aggregator *without* its
-  own ``shared`` mask then: giving both is refused. Without ``shared`` the
-  aggregator gets the full Jacobian (and may apply its own mask).
+  own ``shared`` mask then: giving both is refused (a weightax aggregator
+  carries its mask as ``aggregator.shared``; one wrapped in ``optax.chain``
+  cannot be checked, so do not rely on the check there). Without ``shared``
+  the aggregator gets the full Jacobian (and may apply its own mask).
 
   **Task weights.** After each update, ``fit`` reads the aggregator's
   ``task_weights`` (``optax.tree_utils.tree_get(state, "task_weights")``, so

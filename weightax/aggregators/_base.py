@@ -24,6 +24,8 @@ from weightax.jacobian import gramian as _gramian
 from weightax.jacobian import num_tasks as _num_tasks
 
 __all__ = [
+    "Aggregator",
+    "make_aggregator",
     "SharedMask",
     "WeightFn",
     "check_task_grads",
@@ -38,6 +40,27 @@ __all__ = [
 ]
 
 SharedMask = Any | Callable[[Any], Any] | None
+
+
+class Aggregator(optax.GradientTransformationExtraArgs):
+  """An aggregator's transform; its attribute ``shared`` is the mask it was built with.
+
+  A plain subclass (no new tuple fields): it unpacks, chains and is
+  ``isinstance`` of ``optax.GradientTransformationExtraArgs`` like any Optax
+  transform. ``weightax.mtl.fit`` reads ``shared`` to refuse a mask given
+  both to it and to the aggregator. (Wrappers such as ``optax.chain`` or
+  ``optax.inject_hyperparams`` return their own transforms, without it.)
+  """
+
+  shared: SharedMask = None
+
+
+def make_aggregator(init: Callable[..., Any], update: Callable[..., Any],
+                    shared: SharedMask = None) -> Aggregator:
+  """``Aggregator(init, update)`` that remembers its ``shared`` mask."""
+  tx = Aggregator(init, update)
+  tx.shared = shared
+  return tx
 
 
 class EmptyAggregatorState(NamedTuple):
@@ -366,4 +389,4 @@ def gramian_aggregator(
       raise AssertionError(f"{name}: weighting returned shape {weights.shape}, expected ({k},)")
     return apply_weights(task_grads, weights, mask), with_task_weights(state, weights, num_tasks)
 
-  return optax.GradientTransformationExtraArgs(init, update)
+  return make_aggregator(init, update, shared)

@@ -14,6 +14,7 @@ from weightax.aggregators._base import (
     check_task_grads,
     check_task_losses,
     init_task_weights,
+    make_aggregator,
     requires_num_tasks,
     resolve_shared,
     split_shared,
@@ -207,4 +208,4 @@ def gradnorm(
     )
     return apply_weights(task_grads, w, mask), with_task_weights(new_state, w, num_tasks)
 
-  return optax.GradientTransformationExtraArgs(init, update)
+  return make_aggregator(init, update, shared)

@@ -14,6 +14,7 @@ from weightax.aggregators._base import (
     check_task_grads,
     check_task_losses,
     init_task_weights,
+    make_aggregator,
     split_shared,
     with_task_weights,
 )
@@ -113,4 +114,4 @@ def linear_scalarization(
     mask, _ = split_shared(task_grads, params, shared)
     return apply_weights(task_grads, w, mask), with_task_weights(state, w, num_tasks)
 
-  return optax.GradientTransformationExtraArgs(init, update)
+  return make_aggregator(init, update, shared)
