@@ -159,3 +159,25 @@ def test_metric_named_like_an_axis_is_refused(tmp_path):
   res = make(lr=np.zeros(6, np.float32))
   with pytest.raises(ValueError, match="twice"):
     res.to_csv(tmp_path / "r.csv")
+
+
+def test_array_valued_axis_in_xarray():
+  pytest.importorskip("xarray")
+  v = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+  res = SweepResult(axes={"v": v, "seed": np.array([0])}, coords={"v": v, "seed": np.zeros(2, int)},
+                    metrics={"s": v.sum(1)}, shape=(2, 1))
+  ds = res.to_xarray()
+  np.testing.assert_array_equal(ds["v"].values, [0, 1])  # indexed by position
+  np.testing.assert_array_equal(ds["v_value"].values, v)  # values kept beside
+  np.testing.assert_array_equal(ds["s"].sel(v=1, seed=0).item(), 7.0)
+
+
+def test_bfloat16_metrics_are_written_as_numbers(tmp_path):
+  import ml_dtypes
+
+  x = np.array([0.5, 0.25, 1.0, 2.0, 3.0, 0.125], ml_dtypes.bfloat16)
+  res = make(bf=x)
+  rows = _rows(res.to_csv(tmp_path / "r.csv"))
+  col = rows[0].index("bf")
+  assert [float(r[col]) for r in rows[1:]] == [0.5, 0.25, 1.0, 2.0, 3.0, 0.125]
+  assert json.loads(res.to_json(tmp_path / "r.json").read_text())["metrics"]["bf"][0] == 0.5
