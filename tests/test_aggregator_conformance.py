@@ -31,6 +31,7 @@ ALL = [
     "nash_mtl",
     "dualproj",
     "aligned_mtl",
+    "geometric_loss",
 ]
 # Hyperparameters to inject where the first non-zero float default is not the right pick.
 INJECT = {
@@ -50,6 +51,7 @@ K1_FACTOR = {
     "upgrad": 1.0,
     "dualproj": 1.0,
     "aligned_mtl": 1.0,
+    "geometric_loss": 1.0,  # GLS/(1·L) = 1
 }
 
 

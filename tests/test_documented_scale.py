@@ -54,6 +54,9 @@ EXPECTED = {
     "upgrad": ({}, 1.0, "every"),
     # α_k = 1/(√K‖g‖) solves Gα = 1/α; ‖Jᵀα‖ = √K > max_norm = 1 is clipped to 1: g/‖g‖.
     "nash_mtl": ({}, 1.0 / NORM, "every"),
+    # w_k = GLS/(K·L_k) with GLS = (Π_k L_k)^(1/K), at the first losses [1, 2, 0.5]: GLS = 1,
+    # Σ_k w_k = (1 + 1/2 + 2)/3.
+    "geometric_loss": ({}, 3.5 / 3, "first"),
 }
 EXTRA = {
     "cagrad_no_rescale": ("cagrad", {"c": C, "rescale": False}, 1 + C, "every"),

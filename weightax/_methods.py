@@ -193,6 +193,15 @@ METHODS: tuple[Method, ...] = (
              "num_tasks is required only with update_weights_every > 1 (α is cached in the "
              "state).",
     ),
+    Method(
+        name="geometric_loss", title="GLS", paper="Chennupati et al., CVPR Workshops 2019",
+        needs=("task_losses",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="direction", permutation_invariant="yes",
+        weighting=True,
+        note="The gradient of (Π_k L_k)^(1/K), computed as exp(mean log L) (as torchjd): "
+             "w_k = GLS/(K·L_k). Rescaling the losses by c_k multiplies the update by "
+             "(Π_k c_k)^(1/K). The losses must be positive.",
+    ),
 )
 
 

@@ -18,6 +18,7 @@ from weightax.aggregators.aligned_mtl import AlignedMTLState, aligned_mtl
 from weightax.aggregators.cagrad import CAGradState, cagrad
 from weightax.aggregators.dualproj import DualProjState, dualproj
 from weightax.aggregators.dwa import DWAState, dwa
+from weightax.aggregators.geometric_loss import GeometricLossState, geometric_loss
 from weightax.aggregators.gradnorm import GradNormState, gradnorm
 from weightax.aggregators.imtl_g import IMTLGState, imtl_g
 from weightax.aggregators.linear_scalarization import (
@@ -72,4 +73,6 @@ __all__ = [
     "DualProjState",
     "aligned_mtl",
     "dualproj",
+    "GeometricLossState",
+    "geometric_loss",
 ]
