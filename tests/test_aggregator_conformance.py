@@ -27,6 +27,7 @@ ALL = [
     "pcgrad",
     "cagrad",
     "imtl_g",
+    "imtl",
     "upgrad",
     "nash_mtl",
     "dualproj",
@@ -48,6 +49,7 @@ K1_FACTOR = {
     "mgda": 1.0,
     "pcgrad": 1.0,
     "imtl_g": 1.0,
+    "imtl": 1.0,  # s_0 = 0: IMTL-G
     "upgrad": 1.0,
     "dualproj": 1.0,
     "aligned_mtl": 1.0,
@@ -319,7 +321,7 @@ def test_task_specific_leaves_get_the_sum(name, callable_mask):
 
 WEIGHTING = ALL  # every method here updates shared leaves with Σ_k w_k g_k
 KEY_METHODS = {"random_loss_weighting", "pcgrad"}  # their update raises without a key
-NEEDS_NUM_TASKS = {"dwa", "uncertainty_weighting", "gradnorm"}
+NEEDS_NUM_TASKS = {"dwa", "uncertainty_weighting", "gradnorm", "imtl"}
 
 
 @pytest.mark.parametrize("name", WEIGHTING)

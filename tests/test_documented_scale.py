@@ -50,6 +50,8 @@ EXPECTED = {
     "cagrad": ({"c": C}, (1 + C) / (1 + C ** 2), "every"),
     # equal projections hold for every u; the weights sum to 1: g.
     "imtl_g": ({}, 1.0, "every"),
+    # IMTL-G on e^{s_k}g: α_k ∝ e^{-s_k}, u = Σ_k α_k e^{s_k} g = K/(Σ_k e^{-s_k})·g; s_0 = 0: g.
+    "imtl": ({}, 1.0, "first"),
     # each g/K already lies in the dual cone {d: <g, d> >= 0}: u = Σ_i g/K = g.
     "upgrad": ({}, 1.0, "every"),
     # α_k = 1/(√K‖g‖) solves Gα = 1/α; ‖Jᵀα‖ = √K > max_norm = 1 is clipped to 1: g/‖g‖.

@@ -237,36 +237,40 @@ def mutated_source(path: str, index: int) -> str:
 def _prepare(work: Path, fresh: bool) -> None:
   """A snapshot of the package and the tests under ``work`` (the checkout is never edited).
 
-  The snapshot is kept between runs so that a resumed run numbers the mutants as
-  before; ``--fresh`` takes a new one. The tests written to kill survivors
+  The snapshot is ``git archive HEAD``, kept between runs so that a resumed run numbers
+  the mutants as before; ``--fresh`` takes a new one. The tests written to kill survivors
   (EXTRA_TESTS) are refreshed from the checkout every time.
   """
   global SRC
   if fresh and work.exists():
     shutil.rmtree(work)
   if not work.exists():
+    # The committed tree (HEAD), not the working tree: files being edited may not agree.
     work.mkdir(parents=True)
-    for name in ("weightax", "tests", "pyproject.toml", "notebooks", "experiments", "benchmarks"):
-      src = ROOT / name
-      if src.is_dir():
-        shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-      elif src.exists():
-        shutil.copy2(src, work / name)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
   for t in EXTRA_TESTS:
     if (ROOT / t).exists():
       shutil.copy2(ROOT / t, work / t)
   SRC = work
 
 
-def _pytest(work: Path, tests: list[str], doctest: str | None, timeout: float) -> tuple[str, float]:
+def _pytest(work: Path, tests: list[str], doctest: str | None, timeout: float, *,
+            stop: bool = True, deselect: list[str] = ()) -> tuple[str, float, list[str]]:
+  """Runs the tests in the snapshot: (status, seconds, the ids of failing tests)."""
   # A persistent compilation cache shared by all runs: programs that the mutation does
   # not touch compile once (it never serves a stale program: the key is the program).
   env = dict(os.environ, PYTHONPATH=str(work), JAX_PLATFORMS="cpu",
              PYTHONDONTWRITEBYTECODE="1", JAX_COMPILATION_CACHE_DIR=str(work / ".jax-cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   files = [t for t in tests if (work / t).exists()]
-  cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-         "-n", "0", *files]
+  cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:randomly",
+         "-p", "no:cacheprovider", "-n", "0", *files]
+  if stop:
+    cmd.insert(3, "-x")
+  for d in deselect:
+    cmd += ["--deselect", d]
   if doctest:
     cmd += ["--doctest-modules", doctest]
   start = time.time()
@@ -274,11 +278,13 @@ def _pytest(work: Path, tests: list[str], doctest: str | None, timeout: float) -
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True,
                           timeout=timeout)
   except subprocess.TimeoutExpired:
-    return "timeout", time.time() - start
+    return "timeout", time.time() - start, []
   status = {0: "survived", 1: "killed", 2: "killed"}.get(proc.returncode, "error")
   if status == "error":
     print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
-  return status, time.time() - start
+  failing = [line.split()[1] for line in proc.stdout.splitlines()
+             if line.startswith(("FAILED ", "ERROR ")) and len(line.split()) > 1]
+  return status, time.time() - start, failing
 
 
 def run(args: argparse.Namespace) -> None:
@@ -296,19 +302,26 @@ def run(args: argparse.Namespace) -> None:
   print(f"{len(pool)} mutants, {len(pool) - len(todo)} done before, {len(todo)} to go",
         flush=True)
   deadline = time.time() + 60 * args.budget_min
-  # Baseline: each test selection must pass on the unmutated snapshot, or every
-  # mutant of its modules would count as killed.
+  # Baseline (once per test selection, when first needed): the tests that fail on the
+  # unmutated snapshot are deselected for its mutants (and listed in baseline.json),
+  # or every mutant of those modules would count as killed.
   base_file = work / "baseline.json"
   base = json.loads(base_file.read_text()) if base_file.exists() else {}
-  for path in sorted({m["file"] for m in todo}):
+
+  def deselected(path: str) -> list[str]:
     sel = " ".join(table[path] + EXTRA_TESTS)
     if sel not in base:
-      status, secs = _pytest(work, table[path] + EXTRA_TESTS, None, 4 * args.timeout)
-      base[sel] = {"status": status, "seconds": round(secs, 1)}
+      print(f"baseline for {path} ...", flush=True)
+      status, secs, failing = _pytest(work, table[path] + EXTRA_TESTS, None,
+                                      6 * args.timeout, stop=False)
+      base[sel] = {"status": status, "seconds": round(secs, 1), "failing": failing}
       base_file.write_text(json.dumps(base, indent=1))
-      print(f"baseline {status} in {secs:.0f}s: {sel}", flush=True)
-    if base[sel]["status"] != "survived":
-      sys.exit(f"the tests for {path} fail without a mutation ({sel}); fix that first")
+      print(f"baseline {status} in {secs:.0f}s; failing without a mutation: {failing}",
+            flush=True)
+    if base[sel]["status"] in ("timeout", "error") or len(base[sel]["failing"]) > 10:
+      sys.exit(f"the tests for {path} do not run without a mutation ({sel}); fix that first")
+    return base[sel]["failing"]
+
   for n, m in enumerate(todo[: args.limit], 1):
     if time.time() > deadline:
       print("time budget reached", flush=True)
@@ -318,7 +331,8 @@ def run(args: argparse.Namespace) -> None:
     target.write_text(mutated_source(m["file"], m["index"]))
     try:
       tests = table[m["file"]] + EXTRA_TESTS
-      status, secs = _pytest(work, tests, m["file"], args.timeout)
+      status, secs, _ = _pytest(work, tests, m["file"], args.timeout,
+                                deselect=deselected(m["file"]))
     finally:
       target.write_text(original)
     rec = {**m, "status": status, "seconds": round(secs, 1)}

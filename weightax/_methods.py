@@ -202,6 +202,15 @@ METHODS: tuple[Method, ...] = (
              "w_k = GLS/(K·L_k). Rescaling the losses by c_k multiplies the update by "
              "(Π_k c_k)^(1/K). The losses must be positive.",
     ),
+    Method(
+        name="imtl", title="IMTL (IMTL-L + IMTL-G)", paper="Liu et al., ICLR 2021",
+        needs=("task_losses", "Gramian"), state="IMTL-L's log-scales s and their optimizer's state",
+        state_fields=("log_scales", "opt_state"), num_tasks="required",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="IMTL-G on the gradients of e^{s_k} L_k, with s trained on Σ_k(e^{s_k}L_k − s_k) "
+             "(s_0 = 0); the weights on the unscaled gradients are α_k e^{s_k}. Its direction "
+             "is IMTL-G's (so not loss-scale invariant either); num_tasks fixes the shape of s.",
+    ),
 )
 
 

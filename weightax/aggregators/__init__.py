@@ -20,6 +20,7 @@ from weightax.aggregators.dualproj import DualProjState, dualproj
 from weightax.aggregators.dwa import DWAState, dwa
 from weightax.aggregators.geometric_loss import GeometricLossState, geometric_loss
 from weightax.aggregators.gradnorm import GradNormState, gradnorm
+from weightax.aggregators.imtl import IMTLState, imtl
 from weightax.aggregators.imtl_g import IMTLGState, imtl_g
 from weightax.aggregators.linear_scalarization import (
     LinearScalarizationState,
@@ -75,4 +76,6 @@ __all__ = [
     "dualproj",
     "GeometricLossState",
     "geometric_loss",
+    "IMTLState",
+    "imtl",
 ]
