@@ -45,6 +45,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _report  # noqa: E402
 import multidigits_report as report  # noqa: E402
 
 import weightax as wx  # noqa: E402
@@ -119,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   methods = list(library_methods())
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      formatter_class=_report.HelpFormatter,
   )
   p.add_argument("--out", default=None,
                  help="output directory (default: runs/multidigits/<UTC time>)")
@@ -286,6 +287,7 @@ def main(argv: list[str] | None = None) -> Path:
   runs: dict[str, Any] = {}
   timings: dict[str, Any] = {}
   skipped: dict[str, str] = {}
+  failed: dict[str, str] = {}  # a method that raised: the others still run and are reported
   print("single-task baselines:", file=sys.stderr, flush=True)
   res, timings[STL] = run_sweep(STL, make_train(problem, None, ()),
                                 {"task": list(range(NUM_TASKS))}, args.seeds)
@@ -304,10 +306,15 @@ def main(argv: list[str] | None = None) -> Path:
     except TypeError as e:  # a required hyperparameter without a default
       skipped[name] = f"cannot be built with defaults only: {e}"
       continue
-    hyper[name] = default_hyperparameters(factory)
     train = make_train(problem, factory, (),
                        post_step_losses="extra forward pass" in needs)
-    runs[name], timings[name] = run_sweep(name, train, {}, args.seeds)
+    try:
+      runs[name], timings[name] = run_sweep(name, train, {}, args.seeds)
+    except Exception as e:  # noqa: BLE001 - reported in summary.md and by the exit status
+      failed[name] = f"{type(e).__name__}: {e}"
+      print(f"  {name} FAILED: {failed[name]}", file=sys.stderr, flush=True)
+      continue
+    hyper[name] = default_hyperparameters(factory)
 
   sensitivity: dict[str, Any] = {}
   if args.sensitivity:
@@ -320,17 +327,25 @@ def main(argv: list[str] | None = None) -> Path:
         values = (values[0], values[-1])
       train = make_train(problem, factories[name], (hp_name,),
                          post_step_losses="extra forward pass" in method_needs(name))
-      res, t = run_sweep(f"{name}[{hp_name}]", train, {hp_name: list(values)}, args.seeds)
+      try:
+        res, t = run_sweep(f"{name}[{hp_name}]", train, {hp_name: list(values)}, args.seeds)
+      except Exception as e:  # noqa: BLE001 - reported in summary.md and by the exit status
+        failed[f"{name}[{hp_name}]"] = f"{type(e).__name__}: {e}"
+        print(f"  {name}[{hp_name}] FAILED: {e}", file=sys.stderr, flush=True)
+        continue
       sensitivity[name] = {"param": hp_name, "result": res, "timing": t,
                            "default": hyper[name].get(hp_name)}
 
   conditions["load_at_end"] = _load()
   conditions["total_seconds"] = time.perf_counter() - t_start
+  skipped.update({n: f"FAILED: {why}" for n, why in failed.items()})
   summary = report.write_all(out_dir, args=args, runs=runs, timings=timings, hyper=hyper,
                              skipped=skipped, sensitivity=sensitivity, conditions=conditions)
   print(f"Δm% (mean over {args.seeds} seeds): " + ", ".join(
       f"{m} {v['delta_m']:+.2f}" for m, v in summary["methods"].items()), file=sys.stderr)
   print(f"wrote {out_dir}/summary.md", file=sys.stderr)
+  if failed:
+    raise SystemExit(f"{len(failed)} run(s) failed: {sorted(failed)}; see {out_dir}/summary.md")
   return out_dir
 
 

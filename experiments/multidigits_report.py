@@ -252,7 +252,7 @@ def markdown(a: dict[str, Any], *, args: Any, timings: dict[str, Any], hyper: di
   lines += ["", "## Reading", ""]
   lines += reading(a, seeds=args.seeds, timings=timings, weight_notes=notes)
   if skipped:
-    lines += ["", "Not run:"] + [f"- `{n}`: {why}" for n, why in skipped.items()]
+    lines += ["", "Not run or failed:"] + [f"- `{n}`: {why}" for n, why in skipped.items()]
   lines += ["", "Hyperparameters (the library's defaults, `num_tasks=3`):", ""]
   lines += [f"- `{n}`: " + (", ".join(f"{k}={v}" for k, v in h.items()) or "none")
             for n, h in hyper.items()]

@@ -33,6 +33,8 @@ ALL = [
     "dualproj",
     "aligned_mtl",
     "geometric_loss",
+    "krum",
+    "trimmed_mean",
 ]
 # Hyperparameters to inject where the first non-zero float default is not the right pick.
 INJECT = {
@@ -56,8 +58,32 @@ K1_FACTOR = {
     "geometric_loss": 1.0,  # GLS/(1·L) = 1
 }
 
+# The fewest tasks a method accepts with its default hyperparameters (1 unless listed): the
+# robust rules need more tasks than twice what they discard. Below it, every check that would
+# run the method instead asserts the clear error (_refuses_below_min_k), never a silent skip.
+MIN_K = {
+    "krum": 3,  # 2·n_byzantine + 2 < K with n_byzantine = 0
+    "trimmed_mean": 3,  # 2·trim_number < K with trim_number = 1
+}
+# Not Σ_k w_k g_k: their task_weights are NaN (tested below), not weights to reproduce.
+NOT_WEIGHTING = {"trimmed_mean"}
+
 
 METHODS = [pytest.param(n, id=n) for n in ALL]
+
+
+def _refuses_below_min_k(name, k):
+  """True (after checking the errors) when K = k is below the method's minimum."""
+  if k >= MIN_K.get(name, 1):
+    return False
+  with pytest.raises(ValueError, match=rf"got K = {k} tasks"):
+    _make(name, k=k)  # with num_tasks=k: at construction
+  grads = _grads(jax.random.key(19), k=k)
+  tx = _factory(name)()  # without num_tasks: at the first update
+  with pytest.raises(ValueError, match=rf"got K = {k} tasks"):
+    tx.update(grads, tx.init(_params()), _params(), task_losses=_losses(k=k)[0],
+              key=jax.random.key(0))
+  return True
 
 
 def test_every_method_is_exported():
@@ -271,6 +297,8 @@ def _degenerate(case):
 @pytest.mark.parametrize("name", METHODS)
 def test_degenerate_gradients_give_finite_updates(name, case):
   grads, k = _degenerate(case)
+  if _refuses_below_min_k(name, k):
+    return
   tx = _make(name, k=k)
   params = _params()
   keys = jax.random.split(jax.random.key(10), T)
@@ -292,6 +320,8 @@ def test_task_losses_with_wrong_k_raise(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_single_task_update_is_scaled_gradient(name):
+  if _refuses_below_min_k(name, 1):
+    return
   tx = _make(name, k=1)
   params = _params()
   grads = _grads(jax.random.key(12), k=1, steps=T)
@@ -319,7 +349,7 @@ def test_task_specific_leaves_get_the_sum(name, callable_mask):
 
 # ------------------------------------------------------------------ weights you can watch
 
-WEIGHTING = ALL  # every method here updates shared leaves with Σ_k w_k g_k
+WEIGHTING = [n for n in ALL if n not in NOT_WEIGHTING]  # shared leaves get Σ_k w_k g_k
 KEY_METHODS = {"random_loss_weighting", "pcgrad"}  # their update raises without a key
 NEEDS_NUM_TASKS = {"dwa", "uncertainty_weighting", "gradnorm", "imtl"}
 
@@ -415,3 +445,13 @@ def test_readme_says_which_methods_require_num_tasks():
     required = inspect.signature(_factory(name)).parameters["num_tasks"].default is (
         inspect.Parameter.empty)
     assert said[name].startswith("required") == required, (name, said[name])
+
+
+@pytest.mark.parametrize("name", sorted(NOT_WEIGHTING))
+def test_non_weightings_report_nan_task_weights(name):
+  """An update that is not Σ_k w_k g_k has no weights to report: task_weights stays NaN."""
+  params, grads, losses, keys = _setup(seed=20)
+  tx = _make(name)
+  _, state = _run(tx, params, grads, losses, keys)
+  w = optax.tree_utils.tree_get(state, "task_weights")
+  assert w.shape == (K,) and bool(jnp.all(jnp.isnan(w)))

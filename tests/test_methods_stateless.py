@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import itertools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import weightax as wx
@@ -237,3 +239,132 @@ def test_aligned_mtl_refuses_bad_arguments():
     wx.aligned_mtl(scale_mode="max")
   with pytest.raises(ValueError, match=r"\(2,\)"):
     wx.weightings.aligned_mtl(jnp.eye(2), pref_vector=jnp.ones(3))
+
+
+# ------------------------------------------------------------------ Krum
+
+
+def _krum_ref(j64: np.ndarray, f: int, m: int, distance: str) -> np.ndarray:
+  """torchjd's _KrumWeighting in float64 (cdist, topk), squared distances for the paper's."""
+  k = len(j64)
+  d = np.linalg.norm(j64[:, None, :] - j64[None, :, :], axis=2)
+  if distance == "squared":
+    d = d**2
+  scores = np.sort(d, axis=1)[:, 1:k - f - 1].sum(axis=1)  # the K − f − 2 nearest, not itself
+  # m places by increasing score; tasks whose scores tie share the places they reach
+  w = np.zeros(k)
+  left = m
+  for value in np.unique(scores):
+    group = np.flatnonzero(scores == value)
+    w[group] = min(left, len(group)) / len(group) / m
+    left -= min(left, len(group))
+  return w
+
+
+def _with_outliers(rng: np.random.Generator, k: int, f: int) -> np.ndarray:
+  j = rng.normal(size=(k, N)) * 0.3 + rng.normal(size=N)  # honest gradients, close together
+  j[rng.choice(k, size=f, replace=False)] = 5.0 * rng.normal(size=(f, N))  # f outliers
+  return j.astype(np.float32)
+
+
+@pytest.mark.parametrize("distance", ["squared", "euclidean"])
+@pytest.mark.parametrize("k, f, m", [(3, 0, 1), (5, 1, 1), (5, 1, 3), (7, 2, 2), (8, 0, 8)])
+def test_krum_matches_the_float64_rule(k, f, m, distance):
+  rng = np.random.default_rng(10 * k + f)
+  for _ in range(6):
+    j = _with_outliers(rng, k, f)
+    w = np.asarray(wx.weightings.krum(_gramian(j), n_byzantine=f, n_selected=m,
+                                      distance=distance))
+    np.testing.assert_allclose(w, _krum_ref(j.astype(np.float64), f, m, distance), rtol=1e-6)
+
+
+def test_krum_ties_share_their_places():
+  """K = 3: the closest pair ties (each is the other's nearest) and shares the one place."""
+  j = np.array([[3.0, 0.0], [1.0, 0.0], [-5.0, 1.0]], np.float32)
+  for order in ([0, 1, 2], [1, 0, 2], [2, 1, 0]):
+    w = np.asarray(wx.weightings.krum(_gramian(j[order])))
+    np.testing.assert_array_equal(w[np.argsort(order)], [0.5, 0.5, 0.0])
+  # Multi-Krum, m = 2 over a tie of 4: the corners of a square (scores 4 + 4 + 8 over the 3
+  # nearest), far from an outlier: each corner gets 2 places / 4 tasks / m = 1/4.
+  sq = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1], [9, 9]], np.float32)
+  np.testing.assert_allclose(_krum_ref(sq.astype(np.float64), 0, 2, "squared"),
+                             [0.25, 0.25, 0.25, 0.25, 0])
+  np.testing.assert_array_equal(wx.weightings.krum(_gramian(sq), n_selected=2),
+                                [0.25, 0.25, 0.25, 0.25, 0])
+
+
+def test_krum_squared_and_euclidean_can_disagree():
+  """The paper's squared score and torchjd's plain distances pick different tasks here."""
+  # Scores over the 3 nearest: squared (30, 27, 22, 19, 17) pick task 4; plain distances
+  # (8.61, 8.16, 7.24, 6.41, 6.81) pick task 3 (computed by hand from the points).
+  j = np.array([[2.0, 2.0], [1.0, 2.0], [2.0, -2.0], [1.0, -2.0], [0.0, -1.0]], np.float32)
+  sq = _krum_ref(j.astype(np.float64), 0, 1, "squared")
+  eu = _krum_ref(j.astype(np.float64), 0, 1, "euclidean")
+  np.testing.assert_array_equal(sq, [0, 0, 0, 0, 1])
+  np.testing.assert_array_equal(eu, [0, 0, 0, 1, 0])
+  for distance, want in (("squared", sq), ("euclidean", eu)):
+    np.testing.assert_array_equal(wx.weightings.krum(_gramian(j), distance=distance), want)
+
+
+def test_krum_refuses_too_few_tasks():
+  with pytest.raises(ValueError, match=r"2·n_byzantine \+ 2 = 4 tasks.*got K = 4"):
+    wx.weightings.krum(jnp.eye(4), n_byzantine=1)
+  with pytest.raises(ValueError, match="got K = 4"):
+    wx.krum(n_byzantine=1, num_tasks=4)
+  with pytest.raises(ValueError, match="n_selected = 6"):
+    wx.weightings.krum(jnp.eye(5), n_selected=6)
+  with pytest.raises(ValueError, match="non-negative"):
+    wx.krum(n_byzantine=-1)
+  with pytest.raises(ValueError, match="distance"):
+    wx.krum(distance="manhattan")
+  wx.weightings.krum(jnp.eye(5), n_byzantine=1)  # 2·1 + 2 < 5: accepted
+
+
+def test_krum_integers_can_be_injected():
+  """n_byzantine and n_selected become traced arrays under inject_hyperparams: one program."""
+  rng = np.random.default_rng(3)
+  j = _with_outliers(rng, 7, 2)
+  tx = jax.jit(lambda hp, g: krum_update(hp, g))
+
+  def krum_update(hp, g):
+    t = optax.inject_hyperparams(wx.krum)(n_byzantine=hp[0], n_selected=hp[1])
+    return t.update({"w": g}, t.init(None))[0]["w"]
+
+  for f, m in ((2, 1), (1, 3), (0, 2)):
+    got = tx(jnp.array([f, m]), jnp.asarray(j))
+    want = _krum_ref(j.astype(np.float64), f, m, "squared") @ j.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ trimmed mean
+
+
+@pytest.mark.parametrize("k, b", [(1, 0), (3, 1), (5, 1), (5, 2), (8, 3)])
+def test_trimmed_mean_matches_numpy(k, b):
+  rng = np.random.default_rng(k + 10 * b)
+  grads = {"a": rng.normal(size=(k, 4, 3)).astype(np.float32),
+           "b": (rng.standard_cauchy(size=(k, 5)) * 100).astype(np.float32)}
+  tx = wx.trimmed_mean(trim_number=b, num_tasks=k)
+  u, _ = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(None))
+  for name, g in grads.items():
+    ranked = np.sort(g.astype(np.float64), axis=0)
+    np.testing.assert_allclose(u[name], ranked[b:k - b].mean(axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_trimmed_mean_ignores_b_outliers_per_coordinate():
+  """b large values at every coordinate (in different tasks) leave the honest mean."""
+  g = np.ones((5, 4), np.float32)
+  g[np.arange(4) % 5, np.arange(4)] = 1e6  # a different outlier task for each coordinate
+  g[(np.arange(4) + 2) % 5, np.arange(4)] = -1e6
+  u, _ = wx.trimmed_mean(trim_number=1).update({"w": jnp.asarray(g)}, None)
+  np.testing.assert_allclose(u["w"], np.ones(4))
+
+
+def test_trimmed_mean_refuses_too_few_tasks():
+  with pytest.raises(ValueError, match=r"2·trim_number = 4 values.*got K = 4"):
+    wx.trimmed_mean(trim_number=2, num_tasks=4)
+  tx = wx.trimmed_mean(trim_number=2)
+  with pytest.raises(ValueError, match="got K = 4"):
+    tx.update({"w": jnp.ones((4, 3))}, tx.init(None))
+  with pytest.raises(ValueError, match="non-negative"):
+    wx.trimmed_mean(trim_number=-1, num_tasks=3)

@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent('''
     losses = jnp.abs(jax.random.normal(jax.random.key(1), (2, 3))) + 0.5
     for name in ["linear_scalarization", "mgda", "pcgrad", "cagrad", "imtl_g", "upgrad",
                  "nash_mtl", "dwa", "uncertainty_weighting", "gradnorm",
-                 "dualproj", "aligned_mtl", "geometric_loss", "imtl"]:
+                 "dualproj", "aligned_mtl", "geometric_loss", "imtl", "krum", "trimmed_mean"]:
       tx = getattr(wx, name)(num_tasks=3) if name in ("dwa", "uncertainty_weighting",
                                                      "gradnorm", "imtl") else getattr(wx, name)()
       def per_device(g, l):

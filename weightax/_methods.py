@@ -203,6 +203,22 @@ METHODS: tuple[Method, ...] = (
              "(Π_k c_k)^(1/K). The losses must be positive.",
     ),
     Method(
+        name="krum", title="Krum", paper="Blanchard et al., NeurIPS 2017",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="Byzantine-robust: the mean of the n_selected gradients of lowest Krum score. Needs "
+             "K > 2·n_byzantine + 2 (the paper's condition; a clear error below it). Squared "
+             "distances as the paper; torchjd's plain distances are distance='euclidean'.",
+    ),
+    Method(
+        name="trimmed_mean", title="Trimmed mean", paper="Yin et al., ICML 2018",
+        needs=("Jacobian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=False,
+        note="Per coordinate, drops the trim_number largest and smallest task values and "
+             "averages the rest, as torchjd: not Σ_k w_k g_k, so task_weights is NaN. Needs "
+             "K > 2·trim_number (a clear error below it).",
+    ),
+    Method(
         name="imtl", title="IMTL (IMTL-L + IMTL-G)", paper="Liu et al., ICLR 2021",
         needs=("task_losses", "Gramian"), state="IMTL-L's log-scales s and their optimizer's state",
         state_fields=("log_scales", "opt_state"), num_tasks="required",

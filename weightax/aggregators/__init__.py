@@ -22,6 +22,7 @@ from weightax.aggregators.geometric_loss import GeometricLossState, geometric_lo
 from weightax.aggregators.gradnorm import GradNormState, gradnorm
 from weightax.aggregators.imtl import IMTLState, imtl
 from weightax.aggregators.imtl_g import IMTLGState, imtl_g
+from weightax.aggregators.krum import KrumState, krum
 from weightax.aggregators.linear_scalarization import (
     LinearScalarizationState,
     linear_scalarization,
@@ -33,6 +34,7 @@ from weightax.aggregators.random_loss_weighting import (
     RandomLossWeightingState,
     random_loss_weighting,
 )
+from weightax.aggregators.trimmed_mean import TrimmedMeanState, trimmed_mean
 from weightax.aggregators.uncertainty_weighting import (
     UncertaintyWeightingState,
     uncertainty_weighting,
@@ -74,6 +76,10 @@ __all__ = [
     "DualProjState",
     "aligned_mtl",
     "dualproj",
+    "KrumState",
+    "TrimmedMeanState",
+    "krum",
+    "trimmed_mean",
     "GeometricLossState",
     "geometric_loss",
     "IMTLState",

@@ -31,6 +31,7 @@ from weightax.weightings.cagrad import cagrad
 from weightax.weightings.dualproj import DUALPROJ_RIDGES, dualproj
 from weightax.weightings.imtl import imtl
 from weightax.weightings.imtl_g import imtl_g
+from weightax.weightings.krum import KRUM_DISTANCES, krum
 from weightax.weightings.mgda import mgda
 from weightax.weightings.nash_mtl import nash_mtl
 from weightax.weightings.pcgrad import pcgrad, pcgrad_order
@@ -50,4 +51,6 @@ __all__ = [
     "DUALPROJ_RIDGES",
     "aligned_mtl",
     "dualproj",
+    "KRUM_DISTANCES",
+    "krum",
 ]
