@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from weightax.jacobian import value_and_jacobian
-from weightax.train import _check_steps, _scan_steps, sample_batch
+from weightax.train import _check_steps, _meta_scan, _scan_steps, sample_batch
 
 __all__ = ["fit", "MTLFitResult"]
 
@@ -115,10 +115,10 @@ def _task_weights(agg_state: Any, k: int) -> jax.Array | None:
 
 
 def fit(
-    task_losses_fn: Callable[..., tuple[jax.Array, Any]],
+    task_losses_fn: Callable[..., tuple[jax.Array, Any]] | None,
     params: Any,
-    aggregator: optax.GradientTransformation,
-    optimizer: optax.GradientTransformation,
+    aggregator: optax.GradientTransformation | None,
+    optimizer: optax.GradientTransformation | None,
     data: Any,
     *,
     key: jax.Array,
@@ -129,6 +129,9 @@ def fit(
     eval_every: int = 1,
     loss_state: Any = None,
     post_step_losses: bool = False,
+    meta: Any = None,
+    val_data: Any = None,
+    val_batch_size: int | None = None,
 ) -> MTLFitResult:
   """Trains K tasks with a weightax aggregator and an Optax optimizer in one ``lax.scan``.
 
@@ -175,6 +178,16 @@ def fit(
   computed when ``post_step_losses=False``; aggregators that do not use the
   keyword ignore it.
 
+  **Meta-learned task weights** (:func:`weightax.meta.auto_lambda`): with
+  ``meta=method`` and ``val_data``, pass ``task_losses_fn``, ``aggregator`` and
+  ``optimizer`` as None (the method holds its losses and optimizer); each step
+  draws a training batch and a validation batch (``val_batch_size``, default
+  ``batch_size``) and calls ``method.step``, exactly as :func:`weightax.fit`
+  does. The result's ``opt_state`` and ``aggregator_state`` are both the
+  method's state; ``step_metrics`` are its metrics, which must hold
+  ``"task_losses"`` and ``"task_weights"`` ``[K]``. ``shared`` and
+  ``post_step_losses`` do not apply.
+
   Args:
     task_losses_fn: ``(params, batch, key) -> (losses [K], aux)`` with ``aux``
       a dict of metrics (or None); with ``loss_state``,
@@ -191,6 +204,9 @@ def fit(
     eval_every: steps between evaluations.
     loss_state: optional initial state of the losses (any pytree), as in :func:`weightax.fit`.
     post_step_losses: pass the post-step re-evaluation to the aggregator (see above).
+    meta: a :class:`weightax.meta.MetaWeighting` of task weights (see above), or None.
+    val_data: with ``meta``, the validation pytree (leading example axis).
+    val_batch_size: validation examples per step (default ``batch_size``).
 
   Returns:
     An :class:`MTLFitResult` ``(params, opt_state, aggregator_state,
@@ -216,6 +232,21 @@ def fit(
   from weightax.mtl import shared_jacobian  # here: weightax.mtl imports this module
 
   _check_steps(num_steps, eval_every)
+  if meta is not None or val_data is not None:
+    if any(v is not None for v in (task_losses_fn, aggregator, optimizer, shared, loss_state)):
+      raise ValueError(
+          "mtl.fit with meta=: pass task_losses_fn, aggregator and optimizer as None (the meta "
+          "method holds its losses and optimizer), and no shared mask or loss_state.")
+    if post_step_losses:
+      raise ValueError("mtl.fit: post_step_losses does not apply to meta methods.")
+    (p, s), m, ev = _meta_scan(meta, params, data, val_data, key=key, num_steps=num_steps,
+                              batch_size=batch_size, val_batch_size=val_batch_size,
+                              eval_fn=eval_fn, eval_every=eval_every, who="mtl.fit")
+    missing = {"task_losses", "task_weights"} - set(m)
+    if missing:
+      raise ValueError(f"mtl.fit: the meta method's metrics lack {sorted(missing)}; use a "
+                       "task-weighting method such as wx.meta.auto_lambda.")
+    return MTLFitResult(p, s, s, m, ev, None)
   if not isinstance(aggregator, optax.GradientTransformation):
     raise TypeError(
         f"mtl.fit: `aggregator` must be a weightax aggregator (an Optax transformation); got "

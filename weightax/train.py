@@ -57,9 +57,9 @@ class FitResult(NamedTuple):
 
 
 def fit(
-    loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
+    loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]] | None,
     params: Any,
-    optimizer: optax.GradientTransformation,
+    optimizer: optax.GradientTransformation | None,
     data: Any,
     *,
     key: jax.Array,
@@ -68,6 +68,9 @@ def fit(
     eval_fn: Callable[[Any], Any] | None = None,
     eval_every: int = 1,
     loss_state: Any = None,
+    meta: Any = None,
+    val_data: Any = None,
+    val_batch_size: int | None = None,
 ) -> FitResult:
   """Trains with ``optimizer`` on minibatches drawn inside a ``lax.scan``.
 
@@ -83,6 +86,16 @@ def fit(
   ``(loss, (aux metrics, new_loss_state))``; the state is carried through the
   scan without gradients.
 
+  **Meta-learned weights** (:mod:`weightax.meta`): with ``meta=method`` (a
+  :class:`weightax.meta.MetaWeighting`, which holds its own loss and optimizer)
+  and ``val_data``, pass ``loss_fn=None`` and ``optimizer=None``; each step
+  splits its key into ``(k_batch, k_val, k_step)``, draws a training batch from
+  ``data`` and a validation batch of ``val_batch_size`` (default
+  ``batch_size``) from ``val_data`` the same way, and calls
+  ``method.step(params, state, batch, val_batch, k_step)``. ``opt_state`` of
+  the result is then the method's state and ``step_metrics`` its metrics
+  (the example or task weights among them).
+
   Args:
     loss_fn: ``(params, batch, key) -> (scalar loss, aux metrics)``, or with
       ``loss_state`` ``(params, batch, key, state) -> (loss, (aux, new_state))``.
@@ -95,11 +108,26 @@ def fit(
     eval_fn: optional ``params -> metrics`` run at step 0 and every ``eval_every`` steps.
     eval_every: steps between evaluations.
     loss_state: optional initial state of the loss (any pytree).
+    meta: a :class:`weightax.meta.MetaWeighting` (see above), or None.
+    val_data: with ``meta``, the validation pytree (leading example axis).
+    val_batch_size: validation examples per step (default ``batch_size``).
 
   Returns:
     A :class:`FitResult`.
   """
   _check_steps(num_steps, eval_every)
+  if meta is not None or val_data is not None:
+    if loss_state is not None:
+      raise ValueError("fit: loss_state cannot be combined with meta; a meta method keeps its "
+                       "own state.")
+    if loss_fn is not None or optimizer is not None:
+      raise ValueError(
+          "fit with meta=: pass loss_fn=None and optimizer=None; the meta method holds its "
+          "own loss and optimizer (e.g. wx.meta.learning_to_reweight(loss, optax.sgd(0.1))).")
+    s, m, ev = _meta_scan(meta, params, data, val_data, key=key, num_steps=num_steps,
+                         batch_size=batch_size, val_batch_size=val_batch_size,
+                         eval_fn=eval_fn, eval_every=eval_every, who="fit")
+    return FitResult(s[0], s[1], m, ev, None)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   stateful = loss_state is not None
 
@@ -120,6 +148,44 @@ def fit(
       step, (params, opt_state, loss_state), key, num_steps=num_steps,
       eval_every=eval_every, eval_fn=eval_fn)
   return FitResult(params, opt_state, m, ev, loss_state)
+
+
+def _meta_scan(
+    meta: Any,
+    params: Any,
+    data: Any,
+    val_data: Any,
+    *,
+    key: jax.Array,
+    num_steps: int,
+    batch_size: int,
+    val_batch_size: int | None,
+    eval_fn: Callable[[Any], Any] | None,
+    eval_every: int,
+    who: str,
+) -> tuple[Any, Any, Any]:
+  """The scan of a meta method: ``((params, state), step metrics, eval metrics)``."""
+  from weightax.meta import MetaWeighting  # here: weightax.meta is a leaf module
+
+  if not isinstance(meta, MetaWeighting):
+    raise TypeError(
+        f"{who}: meta must be a weightax.meta.MetaWeighting (e.g. "
+        f"wx.meta.learning_to_reweight(...)); got {type(meta).__name__}.")
+  if val_data is None:
+    raise ValueError(f"{who}: meta methods need val_data (a held-out pytree with a leading "
+                     "example axis) to draw validation batches from.")
+  vbs = batch_size if val_batch_size is None else val_batch_size
+
+  def step(carry: Any, k: jax.Array) -> tuple[Any, Any]:
+    p, s = carry
+    kb, kv, ks = jax.random.split(k, 3)
+    batch = sample_batch(data, kb, batch_size)
+    val_batch = sample_batch(val_data, kv, vbs)
+    p, s, metrics = meta.step(p, s, batch, val_batch, ks)
+    return (p, s), metrics
+
+  return _scan_steps(step, (params, meta.init(params)), key, num_steps=num_steps,
+                     eval_every=eval_every, eval_fn=eval_fn)
 
 
 def _check_steps(num_steps: int, eval_every: int) -> None:
