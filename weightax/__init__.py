@@ -10,13 +10,14 @@ The whole public API is re-exported here; read this file to see the library.
   :func:`imtl_g`, :func:`upgrad`, :func:`nash_mtl`. Their pure weightings
   ``G -> w`` live in :mod:`weightax.weightings`; :func:`gramian_aggregator`
   turns a new weighting into an aggregator.
-- Sample-weighting losses: :mod:`weightax.losses`.
+- Sample-weighting losses: :mod:`weightax.losses`; meta-learned example and task
+  weights (a clean validation loss through one inner step): :mod:`weightax.meta`.
 - Shared-parameter and representation-level helpers: :mod:`weightax.mtl`.
 - Studies: :func:`sweep` (a grid × seeds as one compiled program), :func:`fit`
   (a ``lax.scan`` training loop), :mod:`weightax.datasets`.
 """
 
-from weightax import aggregators, datasets, losses, mtl, weightings
+from weightax import aggregators, datasets, losses, meta, mtl, weightings
 from weightax.aggregators import (
     AlignedMTLState,
     CAGradState,
@@ -111,6 +112,7 @@ __all__ = [
     "aggregators",
     "datasets",
     "losses",
+    "meta",
     "mtl",
     "weightings",
 ]
