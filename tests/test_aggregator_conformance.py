@@ -28,6 +28,7 @@ ALL = [
     "cagrad",
     "imtl_g",
     "imtl",
+    "famo",
     "upgrad",
     "nash_mtl",
     "dualproj",
@@ -52,6 +53,7 @@ K1_FACTOR = {
     "pcgrad": 1.0,
     "imtl_g": 1.0,
     "imtl": 1.0,  # s_0 = 0: IMTL-G
+    "famo": 1.0,  # softmax weights sum to 1
     "upgrad": 1.0,
     "dualproj": 1.0,
     "aligned_mtl": 1.0,
@@ -351,7 +353,7 @@ def test_task_specific_leaves_get_the_sum(name, callable_mask):
 
 WEIGHTING = [n for n in ALL if n not in NOT_WEIGHTING]  # shared leaves get Σ_k w_k g_k
 KEY_METHODS = {"random_loss_weighting", "pcgrad"}  # their update raises without a key
-NEEDS_NUM_TASKS = {"dwa", "uncertainty_weighting", "gradnorm", "imtl"}
+NEEDS_NUM_TASKS = {"dwa", "uncertainty_weighting", "gradnorm", "imtl", "famo"}
 
 
 @pytest.mark.parametrize("name", WEIGHTING)

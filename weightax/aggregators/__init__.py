@@ -19,6 +19,7 @@ from weightax.aggregators.cagrad import CAGradState, cagrad
 from weightax.aggregators.dualproj import DualProjState, dualproj
 from weightax.aggregators.dwa import DWAState, dwa
 from weightax.aggregators.geometric_loss import GeometricLossState, geometric_loss
+from weightax.aggregators.famo import FAMOState, famo
 from weightax.aggregators.gradnorm import GradNormState, gradnorm
 from weightax.aggregators.imtl import IMTLState, imtl
 from weightax.aggregators.imtl_g import IMTLGState, imtl_g
@@ -84,4 +85,6 @@ __all__ = [
     "geometric_loss",
     "IMTLState",
     "imtl",
+    "FAMOState",
+    "famo",
 ]
