@@ -53,6 +53,8 @@ EXPECTED = {
     "imtl_g": ({}, 1.0, "every"),
     # IMTL-G on e^{s_k}g: α_k ∝ e^{-s_k}, u = Σ_k α_k e^{s_k} g = K/(Σ_k e^{-s_k})·g; s_0 = 0: g.
     "imtl": ({}, 1.0, "first"),
+    # w = softmax(ξ − log D) sums to 1: g.
+    "famo": ({}, 1.0, "every"),
     # each g/K already lies in the dual cone {d: <g, d> >= 0}: u = Σ_i g/K = g.
     "upgrad": ({}, 1.0, "every"),
     # the mean g already lies in the dual cone {d: <g, d> >= 0}: no projection, u = g.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import weightax as wx
@@ -200,3 +201,126 @@ def test_imtl_weighting_far_apart_scales_stay_finite():
   w0 = np.asarray(wx.weightings.imtl_g(g), np.float64)
   assert np.all(np.isfinite(w)) and np.abs(w).max() > 0
   np.testing.assert_allclose(w / w0, np.full(4, (w / w0)[0]), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ FAMO
+
+
+class _FAMOReference:
+  """The official FAMO class (Cranial-XIX/FAMO, methods/weight_methods.py) in float64 NumPy:
+  get_weighted_loss stores the losses and gives the weights of Σ z log D / c; update(curr)
+  sets ξ.grad = (∂softmax/∂ξ)ᵀ δ and steps torch's Adam(lr, weight_decay=γ)."""
+
+  def __init__(self, k, lr=0.025, gamma=1e-3):
+    self.xi, self.adam, self.prev = np.zeros(k), _Adam(lr, weight_decay=gamma), None
+
+  def weights(self, losses):
+    z = np.exp(self.xi) / np.exp(self.xi).sum()
+    d = losses + 1e-8
+    c = (z / d).sum()
+    self.prev = losses
+    return z / d / c  # the gradient of Σ_k z_k log D_k / c with respect to L_k·(∂L_k)
+
+  def update(self, curr):
+    delta = np.log(self.prev + 1e-8) - np.log(curr + 1e-8)
+    z = np.exp(self.xi) / np.exp(self.xi).sum()
+    grad = z * delta - z * (z @ delta)  # (diag z − z zᵀ) δ
+    self.xi = self.adam.step(self.xi, grad)
+
+
+def _famo_run(tx, js, losses, post=None):
+  @jax.jit
+  def run(js, losses, post):
+    def body(state, xs):
+      kw = {} if post is None else {"post_step_losses": xs[2]}
+      u, state = tx.update({"w": xs[0]}, state, task_losses=xs[1], **kw)
+      return state, (u["w"], state.task_weights)
+    return jax.lax.scan(body, tx.init(None), (js, losses, losses if post is None else post))
+  return run(jnp.asarray(js, jnp.float32), jnp.asarray(losses, jnp.float32),
+             None if post is None else jnp.asarray(post, jnp.float32))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_famo_with_post_step_losses_matches_the_official_algorithm(k):
+  """The paper's order: weights from ξ_t, step, the same batch re-evaluated, ξ update."""
+  rng = np.random.default_rng(20 + k)
+  steps, lr, gamma = 8, 0.2, 0.05
+  losses = np.exp(rng.uniform(-3, 3, size=(steps, k))).astype(np.float32)  # L(θ_t, b_t)
+  after = (losses * np.exp(rng.uniform(-1, 0.3, size=(steps, k)))).astype(np.float32)
+  # fit passes at step t the re-evaluation of step t−1's batch; at step 0 the losses themselves
+  post = np.concatenate([losses[:1], after[:-1]])
+  js = np.stack([_jacobians(rng, k)["spread"] for _ in range(steps)])
+  state, (u, w) = _famo_run(wx.famo(num_tasks=k, learning_rate=lr, gamma=gamma), js, losses,
+                            post)
+  ref = _FAMOReference(k, lr, gamma)
+  for t in range(steps):
+    want = ref.weights(losses[t].astype(np.float64))
+    np.testing.assert_allclose(w[t], want, rtol=2e-5, atol=1e-7, err_msg=f"step {t}")
+    np.testing.assert_allclose(u[t], want @ js[t], rtol=1e-4,
+                               atol=1e-5 * (want @ np.linalg.norm(js[t], axis=1)))
+    seen = ref.xi.copy()  # the transform has not yet seen the last re-evaluation
+    ref.update(after[t].astype(np.float64))
+  if k > 1:
+    np.testing.assert_allclose(state.logits, seen, rtol=1e-4, atol=1e-6)
+    assert np.abs(seen).max() > 0.05  # ξ moved: the test sees the learning
+
+
+def test_famo_as_a_plain_transform_learns_from_the_next_call():
+  """Without post_step_losses, ξ's update at call t uses the losses of call t as 'after'."""
+  rng = np.random.default_rng(3)
+  k, steps = 3, 8
+  losses = np.exp(rng.uniform(-2, 2, size=(steps, k))).astype(np.float32)
+  js = rng.normal(size=(steps, k, N))
+  state, (_, w) = _famo_run(wx.famo(num_tasks=k, learning_rate=0.1), js, losses)
+  ref = _FAMOReference(k, 0.1)
+  for t in range(steps):
+    if t > 0:
+      ref.update(losses[t].astype(np.float64))
+    np.testing.assert_allclose(w[t], ref.weights(losses[t].astype(np.float64)), rtol=2e-5,
+                               atol=1e-7, err_msg=f"step {t}")
+  np.testing.assert_allclose(state.logits, ref.xi, rtol=1e-4, atol=1e-6)
+
+
+def test_famo_through_mtl_fit_is_the_paper_loop():
+  """mtl.fit(post_step_losses=True) on full batches = the paper's loop written out by hand:
+  weights, SGD step, the same batch re-evaluated, ξ update (float64 NumPy)."""
+  rng = np.random.default_rng(4)
+  n, d, k, steps, lr = 16, 5, 3, 12, 0.05
+  x = rng.normal(size=(n, d))
+  ys = np.stack([x @ rng.normal(size=d) + 0.5 * rng.normal(size=n) for _ in range(k)], 1)
+  ys *= np.array([1.0, 5.0, 0.2])  # losses of different scales
+
+  def losses64(theta):
+    r = x @ theta[:, None] - ys  # [n, K]: one shared linear model for every task
+    return np.mean(r**2, axis=0), 2 * (r.T @ x) / n  # [K], Jacobian [K, d]
+
+  theta, ref, want_w = np.zeros(d), _FAMOReference(k), []
+  for _ in range(steps):
+    ls, jac = losses64(theta)
+    w = ref.weights(ls)
+    want_w.append(w)
+    theta = theta - lr * w @ jac
+    seen = ref.xi.copy()  # fit's last re-evaluation reaches no further update
+    ref.update(losses64(theta)[0])
+
+  def task_losses(params, batch, key):
+    del key
+    r = batch["x"] @ params["theta"][:, None] - batch["y"]
+    return jnp.mean(r**2, axis=0), None
+
+  data = {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(ys, jnp.float32)}
+  res = wx.mtl.fit(task_losses, {"theta": jnp.zeros(d)}, wx.famo(num_tasks=k),
+                   optax.sgd(lr), data, key=jax.random.key(0), num_steps=steps,
+                   batch_size=n, post_step_losses=True)
+  np.testing.assert_allclose(res.step_metrics["task_weights"], np.array(want_w), rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(res.params["theta"], theta, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(res.aggregator_state.logits, seen, rtol=1e-3, atol=1e-6)
+  assert np.abs(ref.xi).max() > 1e-2  # ξ moved
+
+
+def test_famo_checks_post_step_losses_shape():
+  tx = wx.famo(num_tasks=2)
+  with pytest.raises(ValueError, match=r"post_step_losses must have shape \(2,\).*\(3,\)"):
+    tx.update({"w": jnp.eye(2)}, tx.init(None), task_losses=jnp.ones(2),
+              post_step_losses=jnp.ones(3))

@@ -38,9 +38,11 @@ SCRIPT = textwrap.dedent('''
     losses = jnp.abs(jax.random.normal(jax.random.key(1), (2, 3))) + 0.5
     for name in ["linear_scalarization", "mgda", "pcgrad", "cagrad", "imtl_g", "upgrad",
                  "nash_mtl", "dwa", "uncertainty_weighting", "gradnorm",
-                 "dualproj", "aligned_mtl", "geometric_loss", "imtl", "krum", "trimmed_mean"]:
+                 "dualproj", "aligned_mtl", "geometric_loss", "imtl", "krum", "trimmed_mean",
+                 "famo"]:
       tx = getattr(wx, name)(num_tasks=3) if name in ("dwa", "uncertainty_weighting",
-                                                     "gradnorm", "imtl") else getattr(wx, name)()
+                                                     "gradnorm", "imtl", "famo") else (
+          getattr(wx, name)())
       def per_device(g, l):
         g = jax.tree.map(lambda x: x[0], g)
         state = tx.init({"w": g["w"][0]})

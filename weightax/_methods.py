@@ -227,6 +227,18 @@ METHODS: tuple[Method, ...] = (
              "(s_0 = 0); the weights on the unscaled gradients are α_k e^{s_k}. Its direction "
              "is IMTL-G's (so not loss-scale invariant either); num_tasks fixes the shape of s.",
     ),
+    Method(
+        name="famo", title="FAMO", paper="Liu et al., NeurIPS 2023",
+        needs=("task_losses", "extra forward pass"),
+        state="logits ξ, their Adam state, the last losses, the step count",
+        state_fields=("logits", "opt_state", "prev_losses", "count"), num_tasks="required",
+        conflict_free="no", scale_invariant="direction", permutation_invariant="yes",
+        weighting=True,
+        note="w = softmax(ξ − log L): ∝ 1/L_k at the first step, so rescaling the losses "
+             "keeps the direction there. The paper's ξ update compares the step's batch "
+             "before and after the step: mtl.fit(..., post_step_losses=True) provides that "
+             "extra forward pass; without it ξ learns from the next call's losses.",
+    ),
 )
 
 
