@@ -29,6 +29,7 @@ ALL = [
     "imtl_g",
     "imtl",
     "famo",
+    "stch",
     "upgrad",
     "nash_mtl",
     "dualproj",
@@ -55,6 +56,7 @@ K1_FACTOR = {
     "imtl_g": 1.0,
     "imtl": 1.0,  # s_0 = 0: IMTL-G
     "famo": 1.0,  # softmax weights sum to 1
+    "stch": 1.0,  # λ = 1/K = 1, softmax = 1
     "upgrad": 1.0,
     "dualproj": 1.0,
     "aligned_mtl": 1.0,

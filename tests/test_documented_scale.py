@@ -55,6 +55,8 @@ EXPECTED = {
     "imtl": ({}, 1.0, "first"),
     # w = softmax(ξ − log D) sums to 1: g.
     "famo": ({}, 1.0, "every"),
+    # w = λ·softmax(λL/μ) with λ = 1/K: Σ_k w_k = 1/K.
+    "stch": ({}, 1 / K, "every"),
     # each g/K already lies in the dual cone {d: <g, d> >= 0}: u = Σ_i g/K = g.
     "upgrad": ({}, 1.0, "every"),
     # the mean g already lies in the dual cone {d: <g, d> >= 0}: no projection, u = g.

@@ -324,3 +324,48 @@ def test_famo_checks_post_step_losses_shape():
   with pytest.raises(ValueError, match=r"post_step_losses must have shape \(2,\).*\(3,\)"):
     tx.update({"w": jnp.eye(2)}, tx.init(None), task_losses=jnp.ones(2),
               post_step_losses=jnp.ones(3))
+
+
+# ------------------------------------------------------------------ STCH
+
+
+def _stch_grad_wrt_losses(losses, lam, z, mu):
+  """∂/∂L_k of μ log Σ exp(λ(L − z)/μ), by complex-step differentiation of the plain formula."""
+  out = np.empty(len(losses))
+  for i in range(len(losses)):
+    h = 1e-30
+    x = losses.astype(np.complex128)
+    x[i] += 1j * h
+    out[i] = (mu * np.log(np.sum(np.exp(lam * (x - z) / mu)))).imag / h
+  return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_stch_is_the_gradient_of_the_smooth_tchebycheff_scalarization(k):
+  rng = np.random.default_rng(30 + k)
+  for mu in [0.05, 1.0, 20.0]:
+    lam = rng.dirichlet(np.ones(k))
+    z = rng.uniform(0, 0.2, size=k)
+    losses = np.exp(rng.uniform(-1, 2, size=k))
+    want = _stch_grad_wrt_losses(losses, lam, z, mu)
+    tx = wx.stch(mu=mu, preference=jnp.asarray(lam, jnp.float32),
+                 ideal=jnp.asarray(z, jnp.float32), num_tasks=k)
+    j = _jacobians(rng, k)["spread"]
+    u, state = _update(tx, j, tx.init(None), task_losses=jnp.asarray(losses, jnp.float32))
+    np.testing.assert_allclose(state.task_weights, want, rtol=1e-4, atol=1e-7, err_msg=str(mu))
+    scale = np.abs(want) @ np.linalg.norm(j, axis=1)
+    assert np.linalg.norm(u - want @ j) <= 1e-5 * scale
+  # defaults: λ = 1/K, z = 0, μ = 1
+  tx = wx.stch()
+  u, _ = _update(tx, np.eye(k, N), tx.init(None), task_losses=jnp.asarray(losses, jnp.float32))
+  np.testing.assert_allclose(u[:k], _stch_grad_wrt_losses(losses, np.full(k, 1 / k),
+                                                          np.zeros(k), 1.0), rtol=1e-5)
+
+
+def test_stch_small_mu_follows_the_worst_task():
+  """μ → 0: the Tchebycheff scalarization, the gradient of max_k λ_k (L_k − z_k)."""
+  tx = wx.stch(mu=1e-3)
+  u, _ = _update(tx, np.eye(3, N), tx.init(None), task_losses=jnp.array([1.0, 3.0, 2.0]))
+  np.testing.assert_allclose(u[:3], [0.0, 1 / 3, 0.0], atol=1e-6)
+  with pytest.raises(ValueError, match=r"preference and ideal must have shape \(3,\)"):
+    wx.stch(preference=jnp.ones(2)).update({"w": jnp.eye(3)}, None, task_losses=jnp.ones(3))

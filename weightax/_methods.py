@@ -239,6 +239,14 @@ METHODS: tuple[Method, ...] = (
              "before and after the step: mtl.fit(..., post_step_losses=True) provides that "
              "extra forward pass; without it ξ learns from the next call's losses.",
     ),
+    Method(
+        name="stch", title="STCH", paper="Lin et al., ICML 2024",
+        needs=("task_losses",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="w = λ·softmax(λ(L − z)/μ), the gradient of μ log Σ_k exp(λ_k(L_k − z_k)/μ) "
+             "(the paper's, torchjd's defaults λ = 1/K, z = 0); LibMTL's log-nadir warm-up "
+             "schedule is not reproduced. Permutation-invariant with the uniform preference.",
+    ),
 )
 
 

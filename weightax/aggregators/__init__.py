@@ -36,6 +36,7 @@ from weightax.aggregators.random_loss_weighting import (
     random_loss_weighting,
 )
 from weightax.aggregators.trimmed_mean import TrimmedMeanState, trimmed_mean
+from weightax.aggregators.stch import STCHState, stch
 from weightax.aggregators.uncertainty_weighting import (
     UncertaintyWeightingState,
     uncertainty_weighting,
@@ -87,4 +88,6 @@ __all__ = [
     "imtl",
     "FAMOState",
     "famo",
+    "STCHState",
+    "stch",
 ]
