@@ -21,6 +21,7 @@ from weightax.aggregators.dwa import DWAState, dwa
 from weightax.aggregators.geometric_loss import GeometricLossState, geometric_loss
 from weightax.aggregators.famo import FAMOState, famo
 from weightax.aggregators.gradnorm import GradNormState, gradnorm
+from weightax.aggregators.gradvac import GradVacState, gradvac
 from weightax.aggregators.imtl import IMTLState, imtl
 from weightax.aggregators.imtl_g import IMTLGState, imtl_g
 from weightax.aggregators.krum import KrumState, krum
@@ -90,4 +91,6 @@ __all__ = [
     "famo",
     "STCHState",
     "stch",
+    "GradVacState",
+    "gradvac",
 ]

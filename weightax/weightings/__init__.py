@@ -29,6 +29,7 @@ Gramians (norms over e^±8, rank-deficient, nearly opposite pairs, K <= 10) in
 from weightax.weightings.aligned_mtl import ALIGNED_MTL_SCALE_MODES, aligned_mtl
 from weightax.weightings.cagrad import cagrad
 from weightax.weightings.dualproj import DUALPROJ_RIDGES, dualproj
+from weightax.weightings.gradvac import gradvac
 from weightax.weightings.imtl import imtl
 from weightax.weightings.imtl_g import imtl_g
 from weightax.weightings.krum import KRUM_DISTANCES, krum
@@ -40,6 +41,7 @@ from weightax.weightings.upgrad import UPGRAD_RIDGES, upgrad
 __all__ = [
     "UPGRAD_RIDGES",
     "cagrad",
+    "gradvac",
     "imtl",
     "imtl_g",
     "mgda",
