@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.optimize
 
 import weightax as wx
 
@@ -368,3 +369,86 @@ def test_trimmed_mean_refuses_too_few_tasks():
     tx.update({"w": jnp.ones((4, 3))}, tx.init(None))
   with pytest.raises(ValueError, match="non-negative"):
     wx.trimmed_mean(trim_number=-1, num_tasks=3)
+
+
+# ------------------------------------------------------------------ FairGrad
+
+
+def _fairgrad_ref(g64: np.ndarray, alpha: float) -> np.ndarray:
+  """LibMTL's solve: scipy's least_squares on ``Gw − w^(−1/α)`` from ``1/K``, ``w > 0``.
+
+  scipy stops early on badly scaled Gramians, so it solves for ``c = tr(G)`` scaled to 1
+  and maps back by the identity ``w(cG) = c^(−α/(1+α)) w(G)``."""
+  k = len(g64)
+  c = np.trace(g64)
+  sol = scipy.optimize.least_squares(lambda w: g64 / c @ w - w ** (-1.0 / alpha),
+                                     np.full(k, 1.0 / k), bounds=(0, np.inf),
+                                     xtol=1e-15, ftol=1e-15, gtol=1e-15)
+  target = sol.x ** (-1.0 / alpha)
+  assert np.abs(g64 / c @ sol.x - target).max() < 1e-10 * target.max()  # scipy converged
+  return sol.x * c ** (-alpha / (1 + alpha))
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_fairgrad_matches_scipy_least_squares(k, alpha):
+  """Full-rank Gramians, reg_eps = 0: float32 Newton against scipy's float64 solution.
+  The tolerance, 1e-4 relative, is float32's eps times the Gramians' condition (<= 1e3)."""
+  rng = np.random.default_rng(k)
+  for scale in (1e-3, 1.0, 1e3):
+    j = (scale * rng.normal(size=(k, N))).astype(np.float32)
+    g64 = j.astype(np.float64) @ j.astype(np.float64).T
+    assert np.linalg.cond(g64) < 1e3
+    w = np.asarray(wx.weightings.fairgrad(_gramian(j), alpha=alpha, reg_eps=0.0), np.float64)
+    np.testing.assert_allclose(w, _fairgrad_ref(g64, alpha), rtol=1e-4)
+
+
+def test_fairgrad_gains_are_w_to_the_minus_one_over_alpha():
+  """<g_k, Jᵀw> = w_k^(−1/α) > 0 up to the ridge (default 1e-6 on G/tr G)."""
+  rng = np.random.default_rng(1)
+  j = rng.normal(size=(4, N)).astype(np.float32)
+  tx = wx.fairgrad(alpha=2.0, num_tasks=4)
+  u, state = tx.update({"w": jnp.asarray(j)}, tx.init(None))
+  w = np.asarray(state.task_weights, np.float64)
+  gains = j.astype(np.float64) @ np.asarray(u["w"], np.float64)
+  np.testing.assert_allclose(gains, w ** -0.5, rtol=1e-4)
+
+
+def test_fairgrad_scales_as_documented():
+  """w(cG) = c^(−α/(1+α)) w(G), so the update scales by c^((1−α)/(1+α)) with the gradients."""
+  rng = np.random.default_rng(2)
+  j = rng.normal(size=(3, N)).astype(np.float32)
+  for alpha in (0.5, 1.0, 3.0):
+    w1 = np.asarray(wx.weightings.fairgrad(_gramian(j), alpha=alpha))
+    w2 = np.asarray(wx.weightings.fairgrad(_gramian(10.0 * j), alpha=alpha))
+    np.testing.assert_allclose(w2, 100.0 ** (-alpha / (1 + alpha)) * w1, rtol=1e-4)
+  # Through the aggregator, gradients of 1e-30 (rescued from underflow) give the same direction
+  # and the documented length: the update of c·J is c^((1−α)/(1+α)) times that of J (α = 1: 1).
+  u1, _ = wx.fairgrad().update({"w": jnp.asarray(j)}, None)
+  u2, _ = wx.fairgrad().update({"w": jnp.asarray(1e-30 * j)}, None)
+  np.testing.assert_allclose(u2["w"], u1["w"], rtol=1e-3)
+
+
+def test_fairgrad_loss_scales_cancel_only_at_alpha_one():
+  """g_k → c_k g_k: at α = 1 the weights become w_k / c_k (the same update); not at α = 2."""
+  rng = np.random.default_rng(4)
+  j = rng.normal(size=(3, N)).astype(np.float32)
+  c = np.array([0.1, 1.0, 20.0], np.float32)
+  for alpha, same in ((1.0, True), (2.0, False)):
+    u1, _ = wx.fairgrad(alpha=alpha).update({"w": jnp.asarray(j)}, None)
+    u2, _ = wx.fairgrad(alpha=alpha).update({"w": jnp.asarray(c[:, None] * j)}, None)
+    cos = float(u1["w"] @ u2["w"] / np.linalg.norm(u1["w"]) / np.linalg.norm(u2["w"]))
+    if same:
+      np.testing.assert_allclose(u2["w"], u1["w"], rtol=1e-4, atol=1e-6)
+    else:
+      assert cos < 0.99, cos
+
+
+def test_fairgrad_degenerate_gramians_stay_finite():
+  """A zero or exactly opposite gradient: no exact solution (w diverges); the ridge keeps it
+  finite and positive, and the update is what the other tasks ask (here 0)."""
+  for g in (jnp.zeros((3, 3)), jnp.array([[1.0, -1.0], [-1.0, 1.0]])):
+    w = np.asarray(wx.weightings.fairgrad(g))
+    assert np.all(np.isfinite(w)) and np.all(w > 0)
+  with pytest.raises(ValueError, match="alpha"):
+    wx.fairgrad(alpha=0.0)

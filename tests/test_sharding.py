@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent('''
     for name in ["linear_scalarization", "mgda", "pcgrad", "cagrad", "imtl_g", "upgrad",
                  "nash_mtl", "dwa", "uncertainty_weighting", "gradnorm",
                  "dualproj", "aligned_mtl", "geometric_loss", "imtl", "krum", "trimmed_mean",
-                 "famo", "stch"]:
+                 "famo", "fairgrad", "stch"]:
       tx = getattr(wx, name)(num_tasks=3) if name in ("dwa", "uncertainty_weighting",
                                                      "gradnorm", "imtl", "famo") else (
           getattr(wx, name)())

@@ -219,6 +219,15 @@ METHODS: tuple[Method, ...] = (
              "K > 2·trim_number (a clear error below it).",
     ),
     Method(
+        name="fairgrad", title="FairGrad", paper="Ban & Ji, ICML 2024",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="yes", scale_invariant="yes", permutation_invariant="yes", weighting=True,
+        note="Solves Gw = w^(−1/α) by Newton's method in JAX, on G/tr(G) plus a relative "
+             "ridge: every task's gain <g_k, u> is w_k^(−1/α) > 0. Invariant to the loss "
+             "scales at the default α = 1 (LibMTL's), where w_k → w_k/c_k; not for other α. "
+             "The weights are not normalised.",
+    ),
+    Method(
         name="imtl", title="IMTL (IMTL-L + IMTL-G)", paper="Liu et al., ICLR 2021",
         needs=("task_losses", "Gramian"), state="IMTL-L's log-scales s and their optimizer's state",
         state_fields=("log_scales", "opt_state"), num_tasks="required",

@@ -18,8 +18,9 @@ from weightax.aggregators.aligned_mtl import AlignedMTLState, aligned_mtl
 from weightax.aggregators.cagrad import CAGradState, cagrad
 from weightax.aggregators.dualproj import DualProjState, dualproj
 from weightax.aggregators.dwa import DWAState, dwa
-from weightax.aggregators.geometric_loss import GeometricLossState, geometric_loss
+from weightax.aggregators.fairgrad import FairGradState, fairgrad
 from weightax.aggregators.famo import FAMOState, famo
+from weightax.aggregators.geometric_loss import GeometricLossState, geometric_loss
 from weightax.aggregators.gradnorm import GradNormState, gradnorm
 from weightax.aggregators.gradvac import GradVacState, gradvac
 from weightax.aggregators.imtl import IMTLState, imtl
@@ -36,8 +37,8 @@ from weightax.aggregators.random_loss_weighting import (
     RandomLossWeightingState,
     random_loss_weighting,
 )
-from weightax.aggregators.trimmed_mean import TrimmedMeanState, trimmed_mean
 from weightax.aggregators.stch import STCHState, stch
+from weightax.aggregators.trimmed_mean import TrimmedMeanState, trimmed_mean
 from weightax.aggregators.uncertainty_weighting import (
     UncertaintyWeightingState,
     uncertainty_weighting,
@@ -83,6 +84,8 @@ __all__ = [
     "TrimmedMeanState",
     "krum",
     "trimmed_mean",
+    "FairGradState",
+    "fairgrad",
     "GeometricLossState",
     "geometric_loss",
     "IMTLState",

@@ -29,6 +29,7 @@ Gramians (norms over e^±8, rank-deficient, nearly opposite pairs, K <= 10) in
 from weightax.weightings.aligned_mtl import ALIGNED_MTL_SCALE_MODES, aligned_mtl
 from weightax.weightings.cagrad import cagrad
 from weightax.weightings.dualproj import DUALPROJ_RIDGES, dualproj
+from weightax.weightings.fairgrad import FAIRGRAD_ITERS, fairgrad
 from weightax.weightings.gradvac import gradvac
 from weightax.weightings.imtl import imtl
 from weightax.weightings.imtl_g import imtl_g
@@ -55,4 +56,6 @@ __all__ = [
     "dualproj",
     "KRUM_DISTANCES",
     "krum",
+    "FAIRGRAD_ITERS",
+    "fairgrad",
 ]
