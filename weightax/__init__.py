@@ -21,6 +21,7 @@ from weightax import aggregators, datasets, losses, meta, mtl, weightings
 from weightax.aggregators import (
     AlignedMTLState,
     CAGradState,
+    ConFIGState,
     DualProjState,
     DWAState,
     FairGradState,
@@ -42,6 +43,7 @@ from weightax.aggregators import (
     UPGradState,
     aligned_mtl,
     cagrad,
+    config,
     dualproj,
     dwa,
     fairgrad,
@@ -63,6 +65,7 @@ from weightax.aggregators import (
     uncertainty_weighting,
     upgrad,
 )
+from weightax.gramian_free import value_and_gramian
 from weightax.jacobian import gramian, num_tasks, value_and_jacobian
 from weightax.sweep import SweepResult, sweep
 from weightax.train import FitResult, fit, sample_batch
@@ -74,6 +77,7 @@ __all__ = [
     "gramian",
     "num_tasks",
     "value_and_jacobian",
+    "value_and_gramian",
     # aggregators
     "cagrad",
     "dwa",
@@ -107,6 +111,8 @@ __all__ = [
     "TrimmedMeanState",
     "fairgrad",
     "FairGradState",
+    "config",
+    "ConFIGState",
     "CAGradState",
     "DWAState",
     "GradNormState",

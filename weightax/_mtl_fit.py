@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from weightax.gramian_free import GramianWeighting
 from weightax.jacobian import value_and_jacobian
 from weightax.train import _check_steps, _meta_scan, _scan_steps, sample_batch
 
@@ -193,7 +194,10 @@ def fit(
       a dict of metrics (or None); with ``loss_state``,
       ``(params, batch, key, state) -> (losses, (aux, new_state))``.
     params: initial parameters (any pytree, e.g. the state of ``nnx.split``).
-    aggregator: a weightax aggregator (or an ``optax.chain`` starting with one).
+    aggregator: a weightax aggregator (or an ``optax.chain`` starting with one),
+      or a pure Gramian weighting wrapped by :func:`weightax.mtl.gramian_weighting`:
+      then the Gramian of the shared leaves comes from
+      :func:`weightax.value_and_gramian`, without the ``K × P`` Jacobian.
     optimizer: any Optax transformation, applied to the aggregated update.
     data: pytree of device arrays with a leading example axis.
     key: PRNG key for batches, losses and the aggregator.
@@ -247,11 +251,15 @@ def fit(
       raise ValueError(f"mtl.fit: the meta method's metrics lack {sorted(missing)}; use a "
                        "task-weighting method such as wx.meta.auto_lambda.")
     return MTLFitResult(p, s, s, m, ev, None)
-  if not isinstance(aggregator, optax.GradientTransformation):
+  gramian_free = isinstance(aggregator, GramianWeighting)
+  if not gramian_free and not isinstance(aggregator, optax.GradientTransformation):
     raise TypeError(
-        f"mtl.fit: `aggregator` must be a weightax aggregator (an Optax transformation); got "
-        f"{type(aggregator).__name__}."
+        f"mtl.fit: `aggregator` must be a weightax aggregator (an Optax transformation) or a "
+        f"weightax.mtl.gramian_weighting(...); got {type(aggregator).__name__}."
     )
+  if gramian_free and post_step_losses:
+    raise ValueError("mtl.fit: post_step_losses does not apply to a gramian_weighting (a pure "
+                     "weighting of the Gramian sees no losses).")
   if shared is not None and getattr(aggregator, "shared", None) is not None:
     raise ValueError(
         "mtl.fit got a `shared` mask and an aggregator built with its own `shared` mask; give "
@@ -301,15 +309,19 @@ def fit(
     p, s_agg, s_opt, ls, prev_after, first = carry
     kb, kl, ka = jax.random.split(k, 3)
     batch = sample_batch(data, kb, batch_size)
-    losses, aux, new_ls, jac, head_grads = gradients(p, batch, kl, ls)
+    if gramian_free:  # the Gramian of the shared leaves without their Jacobian
+      (losses, (aux, new_ls)), u, s_agg = aggregator.value_and_update(
+          lambda q: packed(q, batch, kl, ls), p, mask)
+    else:
+      losses, aux, new_ls, jac, head_grads = gradients(p, batch, kl, ls)
+      extra = {}
+      if post_step_losses:
+        extra["post_step_losses"] = jnp.where(first, losses, prev_after)
+      agg_p = p if mask is None else _select(mask, p, True)
+      u, s_agg = aggregator.update(jac, s_agg, agg_p, task_losses=losses, key=ka, **extra)
+      if mask is not None:
+        u = _merge(mask, u, head_grads)
     kk = losses.shape[0]
-    extra = {}
-    if post_step_losses:
-      extra["post_step_losses"] = jnp.where(first, losses, prev_after)
-    agg_p = p if mask is None else _select(mask, p, True)
-    u, s_agg = aggregator.update(jac, s_agg, agg_p, task_losses=losses, key=ka, **extra)
-    if mask is not None:
-      u = _merge(mask, u, head_grads)
     want = jax.tree.map(jnp.shape, p)
     if jax.tree.structure(u) != jax.tree.structure(p) or jax.tree.map(jnp.shape, u) != want:
       raise ValueError(

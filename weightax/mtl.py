@@ -24,9 +24,13 @@ import optax
 
 from weightax._mtl_fit import MTLFitResult, fit
 from weightax.aggregators._base import combine
+from weightax.gramian_free import gramian_weighting
 from weightax.jacobian import _check_losses, gramian
 
-__all__ = ["fit", "MTLFitResult", "shared_jacobian", "representation_grads", "RepresentationGrads"]
+__all__ = [
+    "fit", "MTLFitResult", "gramian_weighting", "shared_jacobian", "representation_grads",
+    "RepresentationGrads",
+]
 
 
 def shared_jacobian(
