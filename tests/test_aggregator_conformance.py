@@ -30,6 +30,7 @@ ALL = [
     "imtl",
     "famo",
     "stch",
+    "gradvac",
     "upgrad",
     "nash_mtl",
     "dualproj",
@@ -57,6 +58,7 @@ K1_FACTOR = {
     "imtl": 1.0,  # s_0 = 0: IMTL-G
     "famo": 1.0,  # softmax weights sum to 1
     "stch": 1.0,  # λ = 1/K = 1, softmax = 1
+    "gradvac": 1.0,  # no other task to correct against
     "upgrad": 1.0,
     "dualproj": 1.0,
     "aligned_mtl": 1.0,
@@ -355,7 +357,7 @@ def test_task_specific_leaves_get_the_sum(name, callable_mask):
 # ------------------------------------------------------------------ weights you can watch
 
 WEIGHTING = [n for n in ALL if n not in NOT_WEIGHTING]  # shared leaves get Σ_k w_k g_k
-KEY_METHODS = {"random_loss_weighting", "pcgrad"}  # their update raises without a key
+KEY_METHODS = {"random_loss_weighting", "pcgrad", "gradvac"}  # their update raises without a key
 NEEDS_NUM_TASKS = {  # their state holds [K] arrays, so num_tasks has no default
     n for n in ALL
     if inspect.signature(getattr(wx.aggregators, n)).parameters["num_tasks"].default

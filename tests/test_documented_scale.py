@@ -57,6 +57,8 @@ EXPECTED = {
     "famo": ({}, 1.0, "every"),
     # w = λ·softmax(λL/μ) with λ = 1/K: Σ_k w_k = 1/K.
     "stch": ({}, 1 / K, "every"),
+    # every cosine is 1, at or above any target: nothing is corrected, u = Σ_k g = K·g.
+    "gradvac": ({}, K, "every"),
     # each g/K already lies in the dual cone {d: <g, d> >= 0}: u = Σ_i g/K = g.
     "upgrad": ({}, 1.0, "every"),
     # the mean g already lies in the dual cone {d: <g, d> >= 0}: no projection, u = g.

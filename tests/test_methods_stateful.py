@@ -369,3 +369,82 @@ def test_stch_small_mu_follows_the_worst_task():
   np.testing.assert_allclose(u[:3], [0.0, 1 / 3, 0.0], atol=1e-6)
   with pytest.raises(ValueError, match=r"preference and ideal must have shape \(3,\)"):
     wx.stch(preference=jnp.ones(2)).update({"w": jnp.eye(3)}, None, task_losses=jnp.ones(3))
+
+
+# ------------------------------------------------------------------ GradVac
+
+
+def _gradvac_reference(j, targets, orders, beta):
+  """LibMTL's GradVac.backward on the Jacobian rows (float64), with given visiting orders."""
+  k = len(j)
+  pc, t, beyond = j.copy(), targets.copy(), 0
+  for i in range(k):
+    for jj in orders[i]:
+      if jj == i:
+        continue
+      rho = pc[i] @ j[jj] / (np.linalg.norm(pc[i]) * np.linalg.norm(j[jj]))
+      if rho < t[i, jj]:
+        th = t[i, jj]
+        w = (np.linalg.norm(pc[i]) * (th * np.sqrt(1 - rho**2) - rho * np.sqrt(1 - th**2))
+             / (np.linalg.norm(j[jj]) * np.sqrt(1 - th**2) + 1e-8))  # LibMTL: absolute 1e-8
+        pc[i] = pc[i] + w * j[jj]
+        beyond += th > 0  # a positive target: a correction PCGrad would not make
+      t[i, jj] = (1 - beta) * t[i, jj] + beta * rho
+  return pc.sum(0), t, beyond
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_gradvac_matches_libmtl(k):
+  rng = np.random.default_rng(40 + k)
+  steps, beta = 5, 0.5
+  tx = wx.gradvac(num_tasks=k, beta=beta)
+
+  @jax.jit
+  def run(js, keys):
+    def body(state, xs):
+      u, state = tx.update({"w": xs[0]}, state, key=xs[1])
+      return state, (u["w"], state.targets)
+    return jax.lax.scan(body, tx.init(None), (js, keys))
+
+  corrected = 0
+  for name in ["random", "spread", "opposite", "dependent"]:
+    # one direction per task plus noise, so that the cosines persist and the targets act
+    base = _jacobians(rng, k)[name]
+    js = np.stack([base + 0.6 * np.linalg.norm(base, axis=1, keepdims=True) / np.sqrt(N)
+                   * rng.normal(size=base.shape) for _ in range(steps)])
+    js = js.astype(np.float32).astype(np.float64)
+    keys = jax.random.split(jax.random.key(k), steps)
+    _, (u, targets) = run(jnp.asarray(js, jnp.float32), keys)
+    t = np.zeros((k, k))
+    for s in range(steps):
+      orders = np.asarray(wx.weightings.pcgrad_order(k, keys[s]))
+      want_u, t_next, beyond = _gradvac_reference(js[s], t, orders, beta)
+      corrected += beyond
+      scale = np.linalg.norm(js[s], axis=1).sum() * max(1.0, np.abs(want_u).max())
+      assert np.linalg.norm(np.asarray(u[s], np.float64) - want_u) <= 2e-4 * scale, (name, s)
+      np.testing.assert_allclose(targets[s], t_next, atol=2e-5, err_msg=f"{name} {s}")
+      t = t_next
+  assert k == 1 or corrected > 0  # the parity covers GradVac's own corrections
+
+
+def test_gradvac_targets_are_reached():
+  """After a correction the cosine of g_i' with g_j is exactly the target (the paper's aim)."""
+  j = np.array([[1.0, 0.0, 0.0], [0.2, 1.0, 0.0]])
+  g = jnp.asarray(j @ j.T, jnp.float32)
+  # task 1's target 0 is below its cosine 0.196 (no correction): g_0' = Jᵀw − g_1
+  targets = jnp.array([[0.0, 0.8], [0.0, 0.0]])
+  w = np.asarray(wx.weightings.gradvac(g, targets), np.float64)
+  g0 = w @ j - j[1]
+  cos = g0 @ j[1] / (np.linalg.norm(g0) * np.linalg.norm(j[1]))
+  np.testing.assert_allclose(cos, 0.8, rtol=1e-5)
+  np.testing.assert_allclose(w[0], 1.0, rtol=1e-6)  # g_0 itself is kept, g_1 added
+
+
+def test_gradvac_weights_ignore_the_gradients_scale():
+  """The relative 1e-8 (docstring): gradients scaled by 1e-12 get the same weights."""
+  j = np.random.default_rng(5).normal(size=(4, N))
+  g = j @ j.T
+  targets = jnp.asarray(np.random.default_rng(6).uniform(-0.5, 0.9, size=(4, 4)), jnp.float32)
+  w = wx.weightings.gradvac(jnp.asarray(g, jnp.float32), targets)
+  w_small = wx.weightings.gradvac(jnp.asarray(1e-24 * g, jnp.float32), targets)
+  np.testing.assert_allclose(w_small, w, rtol=1e-4)

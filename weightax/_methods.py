@@ -256,6 +256,17 @@ METHODS: tuple[Method, ...] = (
              "(the paper's, torchjd's defaults λ = 1/K, z = 0); LibMTL's log-nadir warm-up "
              "schedule is not reproduced. Permutation-invariant with the uniform preference.",
     ),
+    Method(
+        name="gradvac", title="GradVac", paper="Wang et al., ICLR 2021",
+        needs=("Gramian", "key"), state="running cosine targets φ̂ (K x K)",
+        state_fields=("targets",), num_tasks="required",
+        conflict_free="K = 2", scale_invariant="no", permutation_invariant="in distribution",
+        weighting=True,
+        note="Measured at the first update, where φ̂ = 0 makes it PCGrad; later, positive "
+             "targets add more of the other gradients (not measured here). One target per "
+             "task pair for the whole shared model (LibMTL's default, torchjd); the key draws "
+             "the visiting orders.",
+    ),
 )
 
 

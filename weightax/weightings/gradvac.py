@@ -11,7 +11,9 @@ from weightax.weightings.pcgrad import pcgrad_order
 
 __all__ = ["gradvac"]
 
-_EPS = 1e-8  # in the denominator of the correction, as LibMTL and torchjd
+# In the correction's denominator: ‖g_j‖(√(1−φ̂²) + 1e-8), relative to ‖g_j‖ (LibMTL and
+# torchjd add 1e-8 to ‖g_j‖√(1−φ̂²) itself, which would make tiny gradients uncorrectable).
+_EPS = 1e-8
 
 
 def gradvac_step(
@@ -46,7 +48,8 @@ def gradvac_step(
       phi_hat = t[j]
       root_hat = jnp.sqrt(jnp.maximum(1.0 - phi_hat**2, 0.0))
       root = jnp.sqrt(jnp.maximum(1.0 - phi**2, 0.0))
-      coef = norm_i * (phi_hat * root - phi * root_hat) / (norm[j] * root_hat + _EPS)
+      coef = norm_i * (phi_hat * root - phi * root_hat) / (
+          jnp.where(live, norm[j], 1.0) * (root_hat + _EPS))
       c = c.at[j].add(jnp.where(live & (phi < phi_hat), coef, 0.0))
       t = t.at[j].set(jnp.where(j != i, (1.0 - beta) * phi_hat + beta * phi, phi_hat))
       return (c, t), None
@@ -76,17 +79,19 @@ def gradvac(
   ``φ < φ̂_ij``:
 
   .. math:: g_i' \\leftarrow g_i' + \\frac{\\|g_i'\\|\\,\\big(\\hat\\phi_{ij}\\sqrt{1-\\phi^2}
-     - \\phi\\sqrt{1-\\hat\\phi_{ij}^2}\\big)}{\\|g_j\\|\\sqrt{1-\\hat\\phi_{ij}^2} + 10^{-8}}\\, g_j
+     - \\phi\\sqrt{1-\\hat\\phi_{ij}^2}\\big)}{\\|g_j\\|\\big(\\sqrt{1-\\hat\\phi_{ij}^2}
+     + 10^{-8}\\big)}\\, g_j
 
   (which makes the cosine exactly ``φ̂_ij``), and in any case
   ``φ̂_ij ← (1−β)φ̂_ij + βφ`` (the cosine before the correction); the update
   is ``Σ_i g_i'``. With ``φ̂ = 0`` the correction is PCGrad's projection. As
   in PCGrad, every ``g_i'`` is a combination ``Jᵀc_i`` of the rows, so the
-  weights ``Σ_i c_i`` follow from ``G``. Norms are measured on ``G/tr(G)``,
-  so the ``10⁻⁸`` is relative to the gradients' scale; zero gradients are
-  never corrected against. This function returns the weights only; the
-  aggregator :func:`weightax.aggregators.gradvac` also keeps the updated
-  targets.
+  weights ``Σ_i c_i`` follow from ``G``. The ``10⁻⁸`` multiplies ``‖g_j‖``
+  (LibMTL and torchjd add it to ``‖g_j‖√(1−φ̂²)``, which would leave
+  gradients below about 1e-8 uncorrected), so the weights are invariant to
+  the gradients' common scale; zero gradients are never corrected against.
+  This function returns the weights only; the aggregator
+  :func:`weightax.aggregators.gradvac` also keeps the updated targets.
 
   Args:
     gramian: ``[K, K]`` Gramian ``G = J Jᵀ``.
