@@ -30,6 +30,7 @@ import importlib
 import inspect
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -43,6 +44,7 @@ import _report  # noqa: E402
 import toy_two_objective_report as report  # noqa: E402
 
 import weightax as wx  # noqa: E402
+from weightax import mtl  # noqa: E402
 from weightax.datasets.toy import STARTS, toy_losses  # noqa: E402
 from weightax.runs import new_run_dir  # noqa: E402
 
@@ -155,30 +157,32 @@ def method_kwargs(name: str, args: argparse.Namespace) -> dict:
 
 
 def make_train(name: str, args: argparse.Namespace):
-  """``train(hparams, key)`` running method ``name`` from start ``hparams['start']``."""
+  """``train(hparams, key)`` running method ``name`` from start ``hparams['start']``.
+
+  The loop is :func:`weightax.mtl.fit`: the point ``x`` is the parameter, the two toy
+  losses are the tasks (they depend on no data, so ``data`` is one dummy example), the
+  aggregator turns their Jacobian into one update and Adam applies it; ``eval_fn``
+  records ``x`` every ``record_every`` steps.
+  """
   agg = find_factory(name)(**method_kwargs(name, args))
-  tx = optax.chain(agg, optax.adam(args.lr))
+  opt = optax.adam(args.lr)
   offset = args.loss_offset if METHODS[name][1] else 0.0
   starts = jnp.asarray(args.start_points)
   losses_fn = lambda x: toy_losses(x, l1_scale=args.l1_scale)
-  vjac = wx.value_and_jacobian(losses_fn)
+  dummy = jnp.zeros((1,), jnp.float32)
+
+  def task_losses(x, batch, key):
+    # The offset shifts the losses the aggregator sees (loss-based methods assume
+    # positive losses); the Jacobian, hence the gradients, are those of the toy.
+    return losses_fn(x) + offset, None
 
   def train(hp: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
     x0 = starts[hp["start"]]
-
-    def step(carry, k):
-      x, s = carry
-      losses, jac = vjac(x)
-      u, s = tx.update(jac, s, x, task_losses=losses + offset, key=k)
-      return (optax.apply_updates(x, u), s), None
-
-    def block(carry, ks):
-      carry, _ = jax.lax.scan(step, carry, ks)
-      return carry, carry[0]
-
-    keys = jax.random.split(key, args.steps).reshape(args.record, args.record_every)
-    _, xs = jax.lax.scan(block, (x0, tx.init(x0)), keys)
-    xs = jnp.concatenate([x0[None], xs])
+    with warnings.catch_warnings():  # methods that keep no task weights: nothing to record
+      warnings.filterwarnings("ignore", message="mtl.fit: the aggregator's state has no")
+      res = mtl.fit(task_losses, x0, agg, opt, dummy, key=key, num_steps=args.steps,
+                    batch_size=1, eval_fn=lambda x: {"x": x}, eval_every=args.record_every)
+    xs = res.eval_metrics["x"]  # [record + 1, 2]: step 0, then every record_every steps
     return {"x": xs, "losses": jax.vmap(losses_fn)(xs)}
 
   return train

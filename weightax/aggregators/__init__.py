@@ -19,6 +19,7 @@ from weightax.aggregators.cagrad import CAGradState, cagrad
 from weightax.aggregators.dualproj import DualProjState, dualproj
 from weightax.aggregators.dwa import DWAState, dwa
 from weightax.aggregators.fairgrad import FairGradState, fairgrad
+from weightax.aggregators.excess_mtl import ExcessMTLState, excess_mtl
 from weightax.aggregators.famo import FAMOState, famo
 from weightax.aggregators.geometric_loss import GeometricLossState, geometric_loss
 from weightax.aggregators.gradnorm import GradNormState, gradnorm
@@ -96,4 +97,6 @@ __all__ = [
     "stch",
     "GradVacState",
     "gradvac",
+    "ExcessMTLState",
+    "excess_mtl",
 ]
