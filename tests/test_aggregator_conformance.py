@@ -31,6 +31,7 @@ ALL = [
     "famo",
     "stch",
     "gradvac",
+    "excess_mtl",
     "upgrad",
     "nash_mtl",
     "dualproj",
@@ -59,6 +60,7 @@ K1_FACTOR = {
     "famo": 1.0,  # softmax weights sum to 1
     "stch": 1.0,  # λ = 1/K = 1, softmax = 1
     "gradvac": 1.0,  # no other task to correct against
+    "excess_mtl": 1.0,  # Σ w = K = 1
     "upgrad": 1.0,
     "dualproj": 1.0,
     "aligned_mtl": 1.0,

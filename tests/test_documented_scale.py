@@ -59,6 +59,8 @@ EXPECTED = {
     "stch": ({}, 1 / K, "every"),
     # every cosine is 1, at or above any target: nothing is corrected, u = Σ_k g = K·g.
     "gradvac": ({}, K, "every"),
+    # identical estimates e_k: exp(η e_k/e⁰_k) is the same for every task, w stays 1: K·g.
+    "excess_mtl": ({}, K, "every"),
     # each g/K already lies in the dual cone {d: <g, d> >= 0}: u = Σ_i g/K = g.
     "upgrad": ({}, 1.0, "every"),
     # the mean g already lies in the dual cone {d: <g, d> >= 0}: no projection, u = g.

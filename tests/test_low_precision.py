@@ -93,7 +93,8 @@ def _run(name, grads, losses, keys):
     u, state = tx.update(g, state, None, task_losses=loss, key=key)
     return state, (u, state.task_weights)
 
-  _, (us, ws) = jax.lax.scan(step, tx.init(None), (grads, losses, keys))
+  params = jax.tree.map(lambda g: g[0, 0], grads)  # ExcessMTL's state is shaped like them
+  _, (us, ws) = jax.lax.scan(step, tx.init(params), (grads, losses, keys))
   return us, ws
 
 

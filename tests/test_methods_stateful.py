@@ -64,7 +64,8 @@ def _gls_grad_wrt_losses(losses: np.ndarray) -> np.ndarray:
 def test_geometric_loss_is_the_gradient_of_the_geometric_mean(k):
   rng = np.random.default_rng(k)
   loss_cases = [np.exp(rng.uniform(-2, 2, size=k)),
-                np.exp(rng.uniform(-60, 60, size=k)),  # 1e-26 .. 1e26
+                np.exp(rng.uniform(-69, 69, size=k)),  # 1e-30 .. 1e30, as the docstring says
+                np.where(np.arange(k) % 2 == 0, 1e-30, 1e30),
                 np.full(k, 0.3)]
   tx = wx.geometric_loss(num_tasks=k)
   update = jax.jit(lambda g, s, ls: tx.update(g, s, task_losses=ls))
@@ -448,3 +449,64 @@ def test_gradvac_weights_ignore_the_gradients_scale():
   w = wx.weightings.gradvac(jnp.asarray(g, jnp.float32), targets)
   w_small = wx.weightings.gradvac(jnp.asarray(1e-24 * g, jnp.float32), targets)
   np.testing.assert_allclose(w_small, w, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ ExcessMTL
+
+
+def _excess_mtl_reference(js, eta):
+  """LibMTL's ExcessMTL.backward (the authors' code) in float64: per-step weights."""
+  k = js.shape[1]
+  grad_sum, weight, initial, out = np.zeros_like(js[0]), np.ones(k), None, []
+  for j in js:
+    grad_sum += j**2
+    e = np.array([j[i] * (1 / np.sqrt(grad_sum[i] + 1e-7)) @ j[i] for i in range(k)])
+    if initial is None:
+      initial = e
+    else:
+      weight = weight * np.exp(e / initial * eta)
+      weight = weight / weight.sum() * k
+    out.append(weight.copy())
+  return np.array(out)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_excess_mtl_matches_the_authors_code(k):
+  rng = np.random.default_rng(50 + k)
+  steps, eta = 6, 0.5  # a large step so that the weights move far from 1
+  tx = wx.excess_mtl(num_tasks=k, step_size=eta)
+  params = {"a": jnp.zeros((3, 2)), "b": jnp.zeros(3)}
+
+  @jax.jit
+  def run(grads):
+    def body(state, g):
+      u, state = tx.update(g, state, params)
+      return state, (u, state.task_weights)
+    return jax.lax.scan(body, tx.init(params), grads)
+
+  for name in ["random", "spread", "opposite"]:
+    js = np.stack([_jacobians(rng, k)[name] for _ in range(steps)])
+    js = js * np.exp(rng.uniform(-1, 1, size=(steps, k, 1)))  # estimates that change
+    js = js.astype(np.float32).astype(np.float64)
+    grads = {"a": jnp.asarray(js[..., :6].reshape(steps, k, 3, 2), jnp.float32),
+             "b": jnp.asarray(js[..., 6:], jnp.float32)}
+    _, (u, w) = run(grads)
+    want = _excess_mtl_reference(js, eta)
+    np.testing.assert_allclose(w, want, rtol=2e-5, err_msg=name)
+    flat = np.concatenate([np.asarray(u["a"]).reshape(steps, -1), np.asarray(u["b"])], 1)
+    want_u = np.einsum("sk,skn->sn", want, js)
+    scale = np.einsum("sk,sk->s", want, np.linalg.norm(js, axis=2))
+    assert np.all(np.linalg.norm(flat - want_u, axis=1) <= 1e-5 * scale), name
+    if k > 1:
+      assert np.abs(want[-1] - 1).max() > 0.05  # the weights moved
+
+
+def test_excess_mtl_needs_the_parameters_and_survives_extreme_gradients():
+  tx = wx.excess_mtl(num_tasks=2)
+  with pytest.raises(ValueError, match=r"init needs the parameters.*tx.init\(params\)"):
+    tx.init(None)
+  params = {"w": jnp.zeros(3)}
+  state = tx.init(params)
+  for scale in [1e30, 1e-30, 0.0, 1.0]:
+    u, state = tx.update({"w": scale * jnp.ones((2, 3))}, state, params)
+    assert bool(jnp.all(jnp.isfinite(u["w"]))) and bool(jnp.all(jnp.isfinite(state.weights)))

@@ -39,9 +39,11 @@ SCRIPT = textwrap.dedent('''
     for name in ["linear_scalarization", "mgda", "pcgrad", "cagrad", "imtl_g", "upgrad",
                  "nash_mtl", "dwa", "uncertainty_weighting", "gradnorm",
                  "dualproj", "aligned_mtl", "geometric_loss", "imtl", "krum", "trimmed_mean",
-                 "famo", "fairgrad", "stch", "gradvac"]:
+                 "famo", "fairgrad", "stch", "gradvac",
+                 "excess_mtl"]:
       tx = getattr(wx, name)(num_tasks=3) if name in ("dwa", "uncertainty_weighting",
-                                                     "gradnorm", "imtl", "famo", "gradvac") else (
+                                                     "gradnorm", "imtl", "famo", "gradvac",
+                                                     "excess_mtl") else (
           getattr(wx, name)())
       def per_device(g, l):
         g = jax.tree.map(lambda x: x[0], g)

@@ -267,6 +267,17 @@ METHODS: tuple[Method, ...] = (
              "task pair for the whole shared model (LibMTL's default, torchjd); the key draws "
              "the visiting orders.",
     ),
+    Method(
+        name="excess_mtl", title="ExcessMTL", paper="He et al., ICML 2024",
+        needs=("Jacobian",),
+        state="per-coordinate √(Σ g²) of every shared parameter, the weights, e⁰, the count",
+        state_fields=("root_sum_sq", "weights", "initial_excess", "count"),
+        num_tasks="required",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="The authors' code (LibMTL): w = 1 at the first update (hence measured there as "
+             "the sum), then w ← K·normalise(w·exp(η e/e⁰)) with AdaGrad-style excess-risk "
+             "estimates e from the per-coordinate gradients; init needs the parameters.",
+    ),
 )
 
 
