@@ -40,6 +40,7 @@ ALL = [
     "krum",
     "trimmed_mean",
     "fairgrad",
+    "config",
 ]
 # Hyperparameters to inject where the first non-zero float default is not the right pick.
 INJECT = {

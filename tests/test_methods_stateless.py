@@ -452,3 +452,57 @@ def test_fairgrad_degenerate_gramians_stay_finite():
     assert np.all(np.isfinite(w)) and np.all(w > 0)
   with pytest.raises(ValueError, match="alpha"):
     wx.fairgrad(alpha=0.0)
+
+
+# ------------------------------------------------------------------ ConFIG
+
+
+def _config_ref(j64: np.ndarray, rcond: float) -> np.ndarray:
+  """torchjd's ConFIG in float64: pinv of the unit gradients times ones, normalised, scaled by
+  the sum of the projections (a zero gradient gives a zero unit row)."""
+  n = np.linalg.norm(j64, axis=1, keepdims=True)
+  units = np.where(n > 0, j64 / np.where(n > 0, n, 1.0), 0.0)
+  d = np.linalg.pinv(units, rcond=rcond) @ np.ones(len(j64))
+  if np.linalg.norm(units @ d) < 1e-3 * np.sqrt(len(j64)):  # 1 ⟂ range: no direction (d ≈ 0)
+    return np.zeros(j64.shape[1])
+  d_hat = d / np.linalg.norm(d)
+  return np.sum(j64 @ d_hat) * d_hat
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_config_matches_the_pinv_formula(k):
+  """Same cut-off as weightax (singular values of Û below √(16·K·eps)·σ_max, eps float32's),
+  on every Jacobian with no singular value within 10x of it; error <= 4·eps·cond(C_kept)
+  (measured <= 0.8), relative to Σ‖g_k‖."""
+  eps = float(np.finfo(np.float32).eps)
+  rcond = np.sqrt(16 * k * eps)
+  tested = 0
+  for js in _families(k).values():
+    for j in js:
+      j64 = j.astype(np.float64)
+      sv = np.linalg.svd(j64 / np.linalg.norm(j64, axis=1, keepdims=True), compute_uv=False)
+      cut = rcond * sv.max()
+      if np.any((sv > cut / 10) & (sv < cut * 10)):
+        continue  # float32 cannot tell which side of the cut-off this direction falls
+      kept = sv[sv > cut]
+      w = np.asarray(wx.weightings.config(_gramian(j)), np.float64)
+      err = np.linalg.norm(w @ j64 - _config_ref(j64, rcond)) / np.linalg.norm(j64, axis=1).sum()
+      assert err <= 4 * eps * (kept.max() / kept.min()) ** 2, err
+      tested += 1
+  assert tested >= 12, tested
+
+
+def test_config_equal_cosines_and_degenerate_cases():
+  rng = np.random.default_rng(7)
+  j = rng.normal(size=(4, N)) * np.array([[1e-2], [1.0], [10.0], [3.0]])
+  j = j.astype(np.float32)
+  u = np.asarray(wx.weightings.config(_gramian(j)), np.float64) @ j.astype(np.float64)
+  cos = j.astype(np.float64) @ u / np.linalg.norm(j, axis=1) / np.linalg.norm(u)
+  np.testing.assert_allclose(cos, cos.mean(), rtol=1e-4)  # the same angle to every task
+  assert np.all(cos > 0)
+  # K identical gradients: d̂ = ĝ and the length is K‖g‖, so u = K·g (w = 1).
+  np.testing.assert_allclose(wx.weightings.config(jnp.full((3, 3), 2.0)), np.ones(3), rtol=1e-5)
+  # Opposite gradients: Û⁺1 = 0, no direction: zero weights (torchjd: a zero update).
+  np.testing.assert_array_equal(wx.weightings.config(jnp.array([[1.0, -1.0], [-1.0, 1.0]])),
+                                np.zeros(2))
+  np.testing.assert_array_equal(wx.weightings.config(jnp.zeros((3, 3))), np.zeros(3))

@@ -219,6 +219,15 @@ METHODS: tuple[Method, ...] = (
              "K > 2·trim_number (a clear error below it).",
     ),
     Method(
+        name="config", title="ConFIG", paper="Liu et al., ICLR 2025",
+        needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="d = pinv(unit gradients)·1 has equal cosines with every task; u is d̂ times the "
+             "sum of the projections, as the paper, the official code and torchjd. Computed "
+             "from the Gramian (C⁺1 on the cosine matrix), which cuts dependent directions at "
+             "float32's resolution.",
+    ),
+    Method(
         name="fairgrad", title="FairGrad", paper="Ban & Ji, ICML 2024",
         needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
         conflict_free="yes", scale_invariant="yes", permutation_invariant="yes", weighting=True,

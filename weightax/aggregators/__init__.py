@@ -16,6 +16,7 @@ from weightax.aggregators._base import (
 )
 from weightax.aggregators.aligned_mtl import AlignedMTLState, aligned_mtl
 from weightax.aggregators.cagrad import CAGradState, cagrad
+from weightax.aggregators.config import ConFIGState, config
 from weightax.aggregators.dualproj import DualProjState, dualproj
 from weightax.aggregators.dwa import DWAState, dwa
 from weightax.aggregators.fairgrad import FairGradState, fairgrad
@@ -87,6 +88,8 @@ __all__ = [
     "trimmed_mean",
     "FairGradState",
     "fairgrad",
+    "ConFIGState",
+    "config",
     "GeometricLossState",
     "geometric_loss",
     "IMTLState",

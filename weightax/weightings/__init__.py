@@ -28,6 +28,7 @@ Gramians (norms over e^±8, rank-deficient, nearly opposite pairs, K <= 10) in
 
 from weightax.weightings.aligned_mtl import ALIGNED_MTL_SCALE_MODES, aligned_mtl
 from weightax.weightings.cagrad import cagrad
+from weightax.weightings.config import config
 from weightax.weightings.dualproj import DUALPROJ_RIDGES, dualproj
 from weightax.weightings.fairgrad import FAIRGRAD_ITERS, fairgrad
 from weightax.weightings.gradvac import gradvac
@@ -58,4 +59,5 @@ __all__ = [
     "krum",
     "FAIRGRAD_ITERS",
     "fairgrad",
+    "config",
 ]
