@@ -66,9 +66,9 @@ TARGETS: dict[str, list[str]] = {
     "weightax/weightings/upgrad.py": WEIGHTING_TESTS,
     "weightax/weightings/nash_mtl.py": WEIGHTING_TESTS,
     "weightax/weightings/__init__.py": WEIGHTING_TESTS,
+    # test_shared_mask.py and test_documented_scale.py belong here too once they pass at HEAD
+    # (at 71af427 they failed without a mutation, and took the conformance suite down with them).
     "weightax/aggregators/_base.py": [
-        "tests/test_documented_scale.py",
-        "tests/test_shared_mask.py",
         "tests/test_aggregator_conformance.py",
         "tests/test_weightings.py",
         "tests/test_low_precision.py",
