@@ -222,7 +222,11 @@ def gramian_weighting(weighting: Callable[..., jax.Array], *, num_tasks: int,
   The step equals ``mtl.fit`` with the corresponding aggregator (e.g.
   ``wx.upgrad(num_tasks=K, reg_eps=...)``) up to float32 rounding, except
   that the Gramian is not rescaled when it under- or overflows; the applied
-  weights are recorded in ``step_metrics["task_weights"]``.
+  weights are recorded in ``step_metrics["task_weights"]``. The weighting
+  is pure: it gets no losses, key or state (PCGrad's random order, the
+  state of Nash-MTL's or GradNorm's aggregators are not available this way),
+  and the update's backward pass runs in the losses' dtype, with ``w``
+  rounded to it (the aggregators combine bfloat16 gradients in float32).
 
   Args:
     weighting: a pure weighting ``(G, **hparams) -> w [K]``, e.g.
