@@ -41,6 +41,7 @@ ALL = [
     "trimmed_mean",
     "fairgrad",
     "config",
+    "graddrop",
 ]
 # Hyperparameters to inject where the first non-zero float default is not the right pick.
 INJECT = {
@@ -66,6 +67,7 @@ K1_FACTOR = {
     "dualproj": 1.0,
     "aligned_mtl": 1.0,
     "geometric_loss": 1.0,  # GLS/(1·L) = 1
+    "graddrop": 1.0,  # one task: nothing to drop
 }
 
 # The fewest tasks a method accepts with its default hyperparameters (1 unless listed): the
@@ -76,7 +78,7 @@ MIN_K = {
     "trimmed_mean": 3,  # 2·trim_number < K with trim_number = 1
 }
 # Not Σ_k w_k g_k: their task_weights are NaN (tested below), not weights to reproduce.
-NOT_WEIGHTING = {"trimmed_mean"}
+NOT_WEIGHTING = {"trimmed_mean", "graddrop"}
 
 
 METHODS = [pytest.param(n, id=n) for n in ALL]
@@ -360,7 +362,8 @@ def test_task_specific_leaves_get_the_sum(name, callable_mask):
 # ------------------------------------------------------------------ weights you can watch
 
 WEIGHTING = [n for n in ALL if n not in NOT_WEIGHTING]  # shared leaves get Σ_k w_k g_k
-KEY_METHODS = {"random_loss_weighting", "pcgrad", "gradvac"}  # their update raises without a key
+# their update raises without a key
+KEY_METHODS = {"random_loss_weighting", "pcgrad", "gradvac", "graddrop"}
 NEEDS_NUM_TASKS = {  # their state holds [K] arrays, so num_tasks has no default
     n for n in ALL
     if inspect.signature(getattr(wx.aggregators, n)).parameters["num_tasks"].default

@@ -506,3 +506,49 @@ def test_config_equal_cosines_and_degenerate_cases():
   np.testing.assert_array_equal(wx.weightings.config(jnp.array([[1.0, -1.0], [-1.0, 1.0]])),
                                 np.zeros(2))
   np.testing.assert_array_equal(wx.weightings.config(jnp.zeros((3, 3))), np.zeros(3))
+
+
+# ------------------------------------------------------------------ GradDrop
+
+
+def _graddrop_runs(g: np.ndarray, n: int, leak: float = 0.0) -> np.ndarray:
+  """``[n, D]`` updates of graddrop on one leaf ``g [K, D]``, one key each, in one program."""
+  tx = wx.graddrop(leak=leak)
+  one = jax.jit(jax.vmap(lambda key: tx.update({"w": jnp.asarray(g)}, None, key=key)[0]["w"]))
+  return np.asarray(one(jax.random.split(jax.random.key(0), n)), np.float64)
+
+
+def test_graddrop_keeps_one_sign_per_coordinate_with_probability_p():
+  """Each coordinate is Σ g⁺ (with probability P = ½(1 + Σg/Σ|g|)) or Σ g⁻ (float64 check)."""
+  rng = np.random.default_rng(8)
+  g = rng.normal(size=(3, 40)).astype(np.float32)
+  g[:, 0] = [1.0, 2.0, 0.5]  # one sign only: always the sum
+  g64 = g.astype(np.float64)
+  pos, neg = np.maximum(g64, 0).sum(0), np.minimum(g64, 0).sum(0)
+  p = 0.5 * (1 + g64.sum(0) / np.abs(g64).sum(0))
+  runs = _graddrop_runs(g, 4000)
+  is_pos = np.isclose(runs, pos, rtol=1e-6, atol=1e-7)
+  is_neg = np.isclose(runs, neg, rtol=1e-6, atol=1e-7)
+  assert np.all(is_pos | is_neg)
+  freq = is_pos.mean(0)
+  se = np.sqrt(p * (1 - p) / len(runs))
+  assert np.all(np.abs(freq - p) <= 5 * se + 1e-12), np.abs(freq - p).max()
+  np.testing.assert_allclose(runs[:, 0], 3.5, rtol=1e-6)
+
+
+def test_graddrop_leak_and_single_task():
+  rng = np.random.default_rng(9)
+  g = rng.normal(size=(3, 10)).astype(np.float32)
+  np.testing.assert_allclose(_graddrop_runs(g, 4, leak=1.0), np.tile(g.sum(0), (4, 1)),
+                             rtol=1e-6, atol=1e-6)  # ℓ = 1: everything leaks through
+  np.testing.assert_allclose(_graddrop_runs(g[:1], 4), np.tile(g[0], (4, 1)), rtol=1e-6)
+  zero = np.zeros((3, 5), np.float32)
+  np.testing.assert_array_equal(_graddrop_runs(zero, 2), np.zeros((2, 5)))
+
+
+def test_graddrop_refuses_bad_arguments():
+  tx = wx.graddrop()
+  with pytest.raises(ValueError, match="key"):
+    tx.update({"w": jnp.ones((2, 3))}, tx.init(None))
+  with pytest.raises(ValueError, match="leak"):
+    wx.graddrop(leak=1.5)

@@ -40,7 +40,8 @@ SCRIPT = textwrap.dedent('''
                  "nash_mtl", "dwa", "uncertainty_weighting", "gradnorm",
                  "dualproj", "aligned_mtl", "geometric_loss", "imtl", "krum", "trimmed_mean",
                  "famo", "fairgrad", "stch", "gradvac",
-                 "config", "excess_mtl"]:
+                 "config", "excess_mtl",
+                 "graddrop"]:
       tx = getattr(wx, name)(num_tasks=3) if name in ("dwa", "uncertainty_weighting",
                                                      "gradnorm", "imtl", "famo", "gradvac",
                                                      "excess_mtl") else (

@@ -219,6 +219,15 @@ METHODS: tuple[Method, ...] = (
              "K > 2·trim_number (a clear error below it).",
     ),
     Method(
+        name="graddrop", title="GradDrop", paper="Chen et al., NeurIPS 2020",
+        needs=("Jacobian", "key"), state="—", state_fields=(), num_tasks="optional",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=False,
+        note="Per coordinate, keeps the positive task values with probability "
+             "P = ½(1 + Σg/Σ|g|), else the negative ones (one uniform draw per coordinate, "
+             "shared by the tasks), as torchjd on the Jacobian: not Σ_k w_k g_k, so "
+             "task_weights is NaN.",
+    ),
+    Method(
         name="config", title="ConFIG", paper="Liu et al., ICLR 2025",
         needs=("Gramian",), state="—", state_fields=(), num_tasks="optional",
         conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,

@@ -19,10 +19,11 @@ from weightax.aggregators.cagrad import CAGradState, cagrad
 from weightax.aggregators.config import ConFIGState, config
 from weightax.aggregators.dualproj import DualProjState, dualproj
 from weightax.aggregators.dwa import DWAState, dwa
-from weightax.aggregators.fairgrad import FairGradState, fairgrad
 from weightax.aggregators.excess_mtl import ExcessMTLState, excess_mtl
+from weightax.aggregators.fairgrad import FairGradState, fairgrad
 from weightax.aggregators.famo import FAMOState, famo
 from weightax.aggregators.geometric_loss import GeometricLossState, geometric_loss
+from weightax.aggregators.graddrop import GradDropState, graddrop
 from weightax.aggregators.gradnorm import GradNormState, gradnorm
 from weightax.aggregators.gradvac import GradVacState, gradvac
 from weightax.aggregators.imtl import IMTLState, imtl
@@ -90,6 +91,8 @@ __all__ = [
     "fairgrad",
     "ConFIGState",
     "config",
+    "GradDropState",
+    "graddrop",
     "GeometricLossState",
     "geometric_loss",
     "IMTLState",
