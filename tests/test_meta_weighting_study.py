@@ -1,0 +1,118 @@
+"""The meta-weighting study: its helpers on hand-made inputs, and a quick run whose report is
+recomputed here from its own CSV (scipy's t-interval, not the study's statistics module)."""
+
+import csv
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+study = importlib.import_module("meta_weighting")
+
+
+def _ci(x):
+  x = np.asarray(x, float)
+  return stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def test_symmetric_noise_flips_the_given_share_to_other_classes_uniformly():
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(10, dtype=np.int32), 2000)
+  noisy = study.symmetric_noise(y, 0.4, rng)
+  flipped = noisy != y
+  assert abs(flipped.mean() - 0.4) < 0.01
+  # a flipped label goes to each of the 9 other classes with probability 1/9
+  offsets = (noisy[flipped] - y[flipped]) % 10
+  assert set(np.unique(offsets)) == set(range(1, 10))
+  freq = np.bincount(offsets, minlength=10)[1:] / flipped.sum()
+  np.testing.assert_allclose(freq, 1 / 9, atol=0.01)
+
+
+def test_balanced_accuracy_on_a_hand_computed_confusion():
+  labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+  preds = np.array([0, 1, 0, 1, 1, 2, 0, 2, 3])
+  # recalls 2/3, 1, 1/2; classes 3-9 are absent and left out
+  assert float(study.balanced_accuracy(labels, preds)) == pytest.approx((2 / 3 + 1 + 0.5) / 3)
+
+
+class _Fake:
+  """Just what ``analyse`` reads from a SweepResult: ``grid`` [settings, seeds, evals]."""
+
+  def __init__(self, acc, w_flag=None, w_other=None):
+    self.metrics = {"test_bal_acc": np.asarray(acc, float)}
+    if w_flag is not None:
+      self.metrics |= {"w_flag": np.asarray(w_flag, float), "w_other": np.asarray(w_other, float)}
+
+  def grid(self, name):
+    return self.metrics[name]
+
+
+def test_verdicts_follow_the_paired_interval():
+  args = study.parse_args(["--methods", "ce,la,l2rw"])
+  base = np.array([[0.70, 0.72, 0.69, 0.71]] * 2)[:, :, None]  # [settings, seeds, evals=1]
+  shift = np.array([[0.05, 0.06, 0.04, 0.05],  # clearly better in long_tailed
+                    [0.03, -0.04, 0.02, -0.02]])[:, :, None]  # straddles zero in noisy
+  w = np.ones((2, 4, 2))
+  res = {"ce": _Fake(base), "la": _Fake(base - shift), "l2rw": _Fake(base + shift, 0.5 * w, w)}
+  s = study.analyse(res, args)["settings"]
+  assert s["long_tailed"]["l2rw"]["vs_ce"]["verdict"] == "better"
+  assert s["long_tailed"]["la"]["vs_ce"]["verdict"] == "worse"
+  assert s["noisy"]["l2rw"]["vs_ce"]["verdict"] == "tie"
+  assert s["noisy"]["l2rw"]["weight_ratio"]["mean"] == pytest.approx(0.5)
+  text = study.answer_text({"settings": s})
+  assert "long_tailed: learning to reweight is better than CE" in text
+  assert "long_tailed: logit adjustment is worse than CE" in text
+  assert "noisy: learning to reweight is not distinguishable from CE" in text
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("meta_weighting")
+  summary = study.main(["--quick", "--methods", "ce,l2rw,mwn", "--out", str(out)])
+  return out, summary
+
+
+def test_quick_run_writes_every_file(quick_run):
+  out, _ = quick_run
+  for name in ("summary.md", "summary.json", "results.csv", "accuracy.png", "weights.png"):
+    assert (out / name).stat().st_size > 0, name
+
+
+def test_quick_report_follows_its_numbers(quick_run):
+  out, summary = quick_run
+  rows = list(csv.DictReader(open(out / "results.csv")))
+  saved = json.loads((out / "summary.json").read_text())
+  md = (out / "summary.md").read_text()
+  assert len(rows) == 2 * 3 * 2  # settings x methods x seeds
+  for setting in study.SETTINGS:
+    acc = {m: np.array([float(r["test_bal_acc"]) for r in rows
+                        if r["setting"] == setting and r["method"] == m])
+           for m in ("ce", "l2rw", "mwn")}
+    for m in ("l2rw", "mwn"):
+      d = acc[m] - acc["ce"]
+      lo, hi = _ci(d)
+      expect = "better" if lo > 0 else "worse" if hi < 0 else "tie"
+      got = saved["settings"][setting][m]["vs_ce"]
+      assert got["verdict"] == expect, (setting, m)
+      assert got["mean"] == pytest.approx(d.mean(), abs=1e-6)
+      assert got["ci_low"] == pytest.approx(lo, abs=1e-6)
+      word = {"better": "better than", "worse": "worse than",
+              "tie": "not distinguishable from"}[expect]
+      title = study.TITLES[m]
+      assert f"{setting}: {title} is {word} CE (balanced test accuracy {d.mean() * 100:+.1f} pp" \
+          in md
+      section = md.split(f"## {setting}\n")[1].split("\n## ")[0]
+      row = next(line for line in section.splitlines() if line.startswith(f"| {title} |"))
+      assert f"| {d.mean() * 100:+.1f} |" in row
+      assert f"| {expect} |" in row
+    # the meta methods' weights are recorded and finite
+    for m in ("l2rw", "mwn"):
+      assert math.isfinite(saved["settings"][setting][m]["weight_ratio"]["mean"])
+  assert summary["answer"] in md
