@@ -172,7 +172,8 @@ def test_helper_modules_say_they_are_not_scripts(name, helper_runs):
   assert code == 2 and "not a script" in err, (code, out, err)
 
 
-STUDIES = ("loss_scale.py", "imbalance.py", "gradnorm_synthetic.py", "toy_two_objective.py")
+STUDIES = ("loss_scale.py", "imbalance.py", "gradnorm_synthetic.py", "toy_two_objective.py",
+           "meta_weighting.py")
 
 
 @pytest.fixture(scope="module")
