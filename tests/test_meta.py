@@ -257,16 +257,17 @@ def test_fit_with_meta_runs_the_method_step_by_step():
                num_steps=6, batch_size=8, val_batch_size=4, eval_every=3,
                eval_fn=lambda p: jnp.mean(_sq_losses(p, (xv, yv), None)))
   # The same steps by hand: per step (batch, val batch, step) keys, batches with replacement.
-  p, s = theta, method.init(theta)
+  p, s, step = theta, method.init(theta), jax.jit(method.step)
   for k in jax.random.split(key, 6):
     kb, kv, ks = jax.random.split(k, 3)
     tb = wx.sample_batch((x, y), kb, 8)
     vb = wx.sample_batch((xv, yv), kv, 4)
-    p, s, m = method.step(p, s, tb, vb, ks)
+    p, s, m = step(p, s, tb, vb, ks)
   np.testing.assert_allclose(res.params, p, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(res.step_metrics["example_weights"][-1], m["example_weights"],
                              rtol=1e-5, atol=1e-6)
   assert res.step_metrics["example_weights"].shape == (6, 8)
+  assert isinstance(res.opt_state, meta.LearningToReweightState)
   assert res.eval_metrics.shape == (3,)
 
 
@@ -293,6 +294,7 @@ def test_mtl_fit_runs_auto_lambda_and_records_its_task_weights():
   w = np.asarray(res.step_metrics["task_weights"])
   assert w.shape == (20, 2) and res.step_metrics["task_losses"].shape == (20, 2)
   np.testing.assert_array_equal(w[-1], res.aggregator_state.task_weights)
+  assert isinstance(res.opt_state, meta.AutoLambdaState)
   assert w[-1, 0] > w[-1, 1]  # the primary task's weight rises above the auxiliary's
 
 
@@ -318,3 +320,21 @@ def test_methods_inside_sweep_equal_single_runs():
     single = jax.jit(train)({"lr": jnp.float32(lr)}, jax.random.key(seed))
     for name in ("l2rw", "mwn"):
       np.testing.assert_allclose(sw.metrics[name][i], single[name], rtol=1e-5, atol=1e-6)
+
+
+def test_auto_lambda_inside_sweep_equals_single_runs():
+  x, y, xv, yv, theta = _f32(*_two_task_problem(3))
+
+  def train(hp, key):
+    method = meta.auto_lambda(_task_losses, optax.sgd(0.1), num_tasks=2, primary=[0],
+                              meta_lr=hp["meta_lr"])
+    res = wx.mtl.fit(None, theta, None, None, (x, y), meta=method, val_data=(xv, yv), key=key,
+                     num_steps=4, batch_size=5, val_batch_size=3)
+    return {"w": res.step_metrics["task_weights"][-1], "p": res.params}
+
+  sw = wx.sweep(train, {"meta_lr": [1e-3, 1e-2]}, seeds=2, progress=False)
+  for i in range(len(sw)):
+    hp = {"meta_lr": jnp.float32(sw.coords["meta_lr"][i])}
+    single = jax.jit(train)(hp, jax.random.key(int(sw.coords["seed"][i])))
+    for k in ("w", "p"):
+      np.testing.assert_allclose(sw.metrics[k][i], single[k], rtol=1e-5, atol=1e-6)
