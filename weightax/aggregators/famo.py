@@ -153,8 +153,8 @@ def famo(
 
     # ξ learns from the last step: δ = log D before − log D after.
     delta = jnp.log(state.prev_losses + _EPS) - jnp.log(after + _EPS)
-    _, pullback = jax.vjp(jax.nn.softmax, state.logits)
-    (grad_xi,) = pullback(delta)
+    z = jax.nn.softmax(state.logits)
+    grad_xi = z * (delta - jnp.sum(z * delta))  # (∂z/∂ξ)ᵀδ = (diag z − z zᵀ) δ
     step, opt_state = opt.update(grad_xi, state.opt_state, state.logits)
     learned = optax.apply_updates(state.logits, step).astype(jnp.float32)
     first = state.count == 0  # no step yet to learn from
