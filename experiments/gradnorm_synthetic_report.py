@@ -279,7 +279,11 @@ def summary_markdown(summary: dict, args) -> str:
       f"layer's kernel (`layer=` mask). Uncertainty weighting: log-variances trained by Adam "
       f"at lr {args.weight_lr:g}. Equal weights: `linear_scalarization` (w = 1). The trunk's "
       f"per-task Jacobian comes from `weightax.mtl.shared_jacobian`; each head gets its own "
-      f"task's gradient. Each (T, method) is one compiled sweep over the seeds. Total "
+      f"task's gradient. The study keeps its own `lax.scan` rather than "
+      f"`weightax.mtl.fit`: it plots the weights GradNorm will apply next (its state after "
+      f"each evaluation block, as the paper's Figure 2 does), whereas `mtl.fit` records the "
+      f"weights applied at each step, and its verdicts were validated on this loop. "
+      f"Each (T, method) is one compiled sweep over the seeds. Total "
       f"{summary['seconds']:.0f} s.",
       "",
       "## Answer",
