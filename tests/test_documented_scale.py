@@ -73,6 +73,12 @@ EXPECTED = {
     "krum": ({}, 1.0, "every"),
     # each coordinate's K values are equal, so their trimmed mean is g's coordinate.
     "trimmed_mean": ({}, 1.0, "every"),
+    # Gw = w^{-1} with G = ‖g‖²11ᵀ: K‖g‖²w = 1/w, w_k = 1/(√K‖g‖), u = √K/‖g‖·g (α = 1).
+    "fairgrad": ({}, math.sqrt(K) / NORM, "every"),
+    # equal unit gradients ĝ: d̂ = ĝ, the projections sum to K‖g‖, u = K‖g‖ĝ = K·g.
+    "config": ({}, K, "every"),
+    # every coordinate has one sign across the tasks (P = 0 or 1): nothing dropped, u = K·g.
+    "graddrop": ({}, K, "every"),
     # α_k = 1/(√K‖g‖) solves Gα = 1/α; ‖Jᵀα‖ = √K > max_norm = 1 is clipped to 1: g/‖g‖.
     "nash_mtl": ({}, 1.0 / NORM, "every"),
 }
@@ -84,7 +90,7 @@ EXTRA = {
 }
 CASES = {c: v for c, v in {**{n: (n, *v) for n, v in EXPECTED.items()}, **EXTRA}.items()
          if hasattr(wx.aggregators, v[0])}  # every method that exists; see the next test
-NOT_WEIGHTING = {"trimmed_mean"}  # coordinate-wise: task_weights is NaN, by its docstring
+NOT_WEIGHTING = {"trimmed_mean", "graddrop"}  # coordinate-wise: task_weights is NaN
 
 
 def _factor(factor, t):

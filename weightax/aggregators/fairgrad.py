@@ -47,7 +47,9 @@ def fairgrad(
   or exactly opposite gradients, and the gains positive).
   LibMTL backpropagates ``Σ_k w_k L_k``, so its task heads are scaled by
   ``w`` too; here, with a ``shared`` mask, task-specific leaves receive
-  ``Σ_k g_k`` as for every aggregator. With ``num_tasks=K`` the state's
+  ``Σ_k g_k`` as for every aggregator. On K identical gradients ``g`` (α = 1)
+  ``K‖g‖²w_k = 1/w_k``, so ``w_k = 1/(√K‖g‖)`` and ``u = √K·g/‖g‖``. With
+  ``num_tasks=K`` the state's
   ``task_weights`` holds the ``[K]`` weights of the last update.
 
   Args:

@@ -68,7 +68,8 @@ def graddrop(
   ``task_weights`` is NaN. ``update`` needs ``key=``: leaf ``l`` (in
   ``jax.tree.leaves`` order) draws ``U`` from ``jax.random.fold_in(key, l)``.
   Shared leaves are masked; with a ``shared`` mask, task-specific leaves
-  receive ``Σ_k g_k``. On one task, or K gradients of one sign, ``u = Σ_k g_k``.
+  receive ``Σ_k g_k``. On K identical gradients ``g`` (or any gradients with
+  one sign at every coordinate, or one task) nothing is dropped: ``u = K·g``.
 
   Args:
     leak: ``ℓ`` in ``[0, 1]``, the fraction of every gradient kept whatever
