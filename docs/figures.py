@@ -30,6 +30,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "toy_two_objective": ("trajectories_params.png", "trajectories_losses.png"),
     "gradnorm_synthetic": ("weights.png", "loss_ratio.png"),
     "imbalance": ("bal_acc_vs_hparam.png", "head_tail.png", "curves.png"),
+    "multidigits": ("delta_m.png", "tasks.png", "task_weights.png"),
+    "meta_weighting": ("accuracy.png", "weights.png"),
 }
 
 
