@@ -289,8 +289,12 @@ def _pytest(work: Path, tests: list[str], doctest: str | None, timeout: float, *
 
 def run(args: argparse.Namespace) -> None:
   results = Path(args.results)
-  done = {json.loads(line)["id"] for line in results.read_text().splitlines()} if (
-      results.exists()) else set()
+  recs = [json.loads(line) for line in results.read_text().splitlines()] if (
+      results.exists()) else []
+  latest = {r["id"]: r for r in recs}
+  done = set(latest)
+  if args.rerun_survivors:  # after adding tests: run the survivors again (the new result wins)
+    done = {i for i, r in latest.items() if r["status"] != "survived"}
   work = Path(args.work)
   _prepare(work, args.fresh)
   table = targets()
@@ -299,6 +303,8 @@ def run(args: argparse.Namespace) -> None:
     pool = [m for m in pool if any(s in m["file"] for s in args.only)]
   random.Random(args.seed).shuffle(pool)
   todo = [m for m in pool if m["id"] not in done]
+  if args.rerun_survivors:
+    todo = [m for m in todo if m["id"] in latest]
   print(f"{len(pool)} mutants, {len(pool) - len(todo)} done before, {len(todo)} to go",
         flush=True)
   deadline = time.time() + 60 * args.budget_min
@@ -357,7 +363,8 @@ def report(args: argparse.Namespace) -> None:
     SRC = Path(args.work)
   recs = [json.loads(line) for line in Path(args.results).read_text().splitlines()]
   latest = {r["id"]: r for r in recs}  # a rerun of a mutant (after a new test) replaces it
-  totals = {path: len(mutants(path)) for path in targets()}
+  totals = {path: len(mutants(path)) for path in targets()
+            if not args.only or any(s in path for s in args.only)}
   print("| module | mutants | run | killed | survived | kill rate (95% CI) |")
   print("|---|---|---|---|---|---|")
   all_k = all_n = 0
@@ -375,7 +382,7 @@ def report(args: argparse.Namespace) -> None:
           f"{all_k / all_n:.0%} ({lo:.0%}-{hi:.0%}) |")
   print("\nSurvivors:")
   for r in latest.values():
-    if r["status"] == "survived":
+    if r["status"] == "survived" and r["file"] in totals:
       print(f"- {r['id']} (line {r['line']}) {r['op']}: `{r['source']}`")
 
 
@@ -394,6 +401,8 @@ def main() -> None:
                  help="stop starting mutants after this many minutes (default: %(default)s)")
   p.add_argument("--timeout", type=float, default=600.0,
                  help="seconds per mutant before it counts as killed (default: %(default)s)")
+  p.add_argument("--rerun-survivors", action="store_true",
+                 help="run only the survivors in --results again (e.g. after adding tests)")
   p.add_argument("--fresh", action="store_true",
                  help="take a new snapshot of the repository (renumbers the mutants)")
   p.add_argument("--only", nargs="*", help="substrings of module paths to restrict to")
