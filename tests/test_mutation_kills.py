@@ -48,3 +48,25 @@ def test_weighting_defaults_are_the_documented_ones(name, arg, default, other):
   assert not np.allclose(fn(G), fn(G, **{arg: other}), rtol=1e-6, atol=0), (
       f"{name}: {arg}={other!r} should change the weights, or this test cannot see {arg}"
   )
+
+
+def test_concrete_zero_d_bool_arrays_are_static_mask_leaves():
+  """Mutant ``_base.py: drop Not`` in ``_static_bool`` (concrete arrays refused as masks).
+
+  ``resolve_shared`` takes the mask leaves ``optax.masked`` takes: Python and NumPy
+  bools, including 0-d NumPy or JAX bool arrays whose value is known; only a traced
+  bool (unknown until run time) is refused.
+  """
+  import jax
+
+  params = {"a": jnp.ones(2), "b": jnp.ones(3), "c": jnp.ones(())}
+  mask = {"a": np.array(True), "b": jnp.array(False), "c": np.bool_(True)}
+  resolved = wx.aggregators.resolve_shared(mask, params)
+  assert resolved == {"a": True, "b": False, "c": True}
+  assert all(type(v) is bool for v in resolved.values())
+
+  def traced(flag):
+    return wx.aggregators.resolve_shared({"a": flag, "b": True, "c": True}, params)
+
+  with pytest.raises(TypeError, match="static bools"):
+    jax.jit(traced)(jnp.array(True))
