@@ -70,3 +70,20 @@ def test_concrete_zero_d_bool_arrays_are_static_mask_leaves():
 
   with pytest.raises(TypeError, match="static bools"):
     jax.jit(traced)(jnp.array(True))
+
+
+@pytest.mark.parametrize("factor", [0.5, 3.0, 1e3])
+def test_imtl_g_opposite_gradients_of_different_norms_get_zero_weights(factor):
+  """Mutant ``imtl_g.py: where(keep, coef², 0.0) -> 1.0``: the range test counts dropped axes.
+
+  Documented: when the equal-projection condition has no solution but zero (two
+  opposite gradients, ``C⁺1 = 0``) the weights are zero. With different norms the
+  rounding left in ``C⁺1`` does not cancel in ``Σ_k w_k``, so only the test that 1
+  lies in the range of ``C`` returns the documented zeros.
+  """
+  rng = np.random.default_rng(int(factor * 10))
+  for _ in range(5):
+    g = rng.standard_normal(6)
+    j = np.stack([g, -factor * g])
+    w = wx.weightings.imtl_g(jnp.asarray(j @ j.T, jnp.float32))
+    np.testing.assert_array_equal(w, np.zeros(2, np.float32))
