@@ -80,6 +80,44 @@ def jacobi_ridge(g: jax.Array, reg_eps: float | jax.Array) -> jax.Array:
   return g + jnp.diag(eps * (jnp.diagonal(g) + eps))
 
 
+def preference_vector(pref_vector: Any, k: int, dtype: Any, name: str) -> jax.Array:
+  """The ``[K]`` preference vector ``u`` (``1/K`` when None); raises on a wrong shape."""
+  if pref_vector is None:
+    return jnp.full((k,), 1.0 / k, dtype)
+  u = jnp.asarray(pref_vector, dtype)
+  if u.shape != (k,):
+    raise ValueError(f"{name}: pref_vector must have shape ({k},); got {u.shape}.")
+  return u
+
+
+def relative_ridge_system(g: jax.Array, eps: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``Q = C + εI`` on the cosine matrix ``C = D^-½ G D^-½`` of a (normalised) Gramian.
+
+  Used by the ``ridge="relative"`` QPs of UPGrad and DualProj: their ridge
+  ``ε·diag(G)`` is ``D^½(C + εI)D^½``, whose condition number is at most
+  ``(K + ε)/ε`` whatever the spread of the gradient norms. A task with a zero
+  gradient conflicts with nothing and becomes an isolated unit row of ``C``.
+
+  Returns:
+    ``(Q, s, alive)``: ``s_k = ‖g_k‖ / max_j ‖g_j‖`` (1 for a zero gradient), the
+    factor that maps the solution back (``v = y / s``), and the mask of tasks
+    with a non-zero gradient.
+  """
+  dtype = g.dtype
+  k = g.shape[0]
+  finfo = jnp.finfo(dtype)
+  diag = jnp.maximum(jnp.diagonal(g), 0.0)
+  s = jnp.sqrt(diag / jnp.maximum(jnp.max(diag), finfo.tiny))  # ‖g_k‖ / max_j ‖g_j‖
+  alive = s > jnp.sqrt(finfo.tiny)
+  root = jnp.sqrt(jnp.where(alive, diag, 1.0))
+  both = alive[:, None] & alive[None, :]
+  c = jnp.where(both, g / root[:, None] / root[None, :], 0.0) + jnp.diag(
+      jnp.where(alive, 0.0, 1.0)
+  ).astype(dtype)
+  q = c + eps * jnp.eye(k, dtype=dtype)
+  return q, jnp.where(alive, s, 1.0), alive
+
+
 def masked_solve(q: jax.Array, free: jax.Array, rhs: jax.Array) -> jax.Array:
   """Solves ``Q[F, F] z[F] = rhs[F]`` with ``z = 0`` off the free set ``F``.
 

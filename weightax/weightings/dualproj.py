@@ -7,7 +7,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from weightax.weightings._solvers import full_precision, nnqp, normalize_gramian
+from weightax.weightings._solvers import (
+    full_precision,
+    nnqp,
+    normalize_gramian,
+    preference_vector,
+    relative_ridge_system,
+)
 
 __all__ = ["dualproj", "DUALPROJ_RIDGES"]
 
@@ -79,12 +85,7 @@ def dualproj(
   g, _ = normalize_gramian(gramian)
   k = g.shape[0]
   dtype = g.dtype
-  if pref_vector is None:
-    u = jnp.full((k,), 1.0 / k, dtype)
-  else:
-    u = jnp.asarray(pref_vector, dtype)
-    if u.shape != (k,):
-      raise ValueError(f"dualproj: pref_vector must have shape ({k},); got {u.shape}.")
+  u = preference_vector(pref_vector, k, dtype, "dualproj")
   eps = jnp.asarray(reg_eps, dtype)
   if ridge == "trace":
     # min (u + x)ᵀQ(u + x), x >= 0  <=>  min ½xᵀQx + (Qu)ᵀx.
@@ -93,19 +94,9 @@ def dualproj(
   # ridge="relative": Q = D^½(C + εI)D^½ with C the cosine matrix. With
   # y = D^½v the QP is min yᵀ(C + εI)y s.t. y >= D^½u; the common factor
   # max_k √d_k drops out, so we use s = √d / max √d and map back v = y / s.
-  finfo = jnp.finfo(dtype)
-  diag = jnp.maximum(jnp.diagonal(g), 0.0)
-  s = jnp.sqrt(diag / jnp.maximum(jnp.max(diag), finfo.tiny))  # ‖g_k‖ / max_j ‖g_j‖
-  alive = s > jnp.sqrt(finfo.tiny)
-  root = jnp.sqrt(jnp.where(alive, diag, 1.0))
-  both = alive[:, None] & alive[None, :]
-  # A zero gradient conflicts with nothing: an isolated unit row, so it keeps
-  # y_k = u_k and enters no other task's constraint.
-  c = jnp.where(both, g / root[:, None] / root[None, :], 0.0) + jnp.diag(
-      jnp.where(alive, 0.0, 1.0)
-  ).astype(dtype)
-  q = c + eps * jnp.eye(k, dtype=dtype)
-  safe_s = jnp.where(alive, s, 1.0)
+  # A zero gradient conflicts with nothing (an isolated unit row of C), so it
+  # keeps y_k = u_k and enters no other task's constraint.
+  q, safe_s, _ = relative_ridge_system(g, eps)
   y0 = safe_s * u
   y = y0 + nnqp(q, q @ y0)
   return y / safe_s

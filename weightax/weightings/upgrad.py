@@ -7,7 +7,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from weightax.weightings._solvers import full_precision, nnqp, normalize_gramian
+from weightax.weightings._solvers import (
+    full_precision,
+    nnqp,
+    normalize_gramian,
+    preference_vector,
+    relative_ridge_system,
+)
 
 __all__ = ["upgrad", "UPGRAD_RIDGES"]
 
@@ -96,12 +102,7 @@ def upgrad(
   g, _ = normalize_gramian(gramian)
   k = g.shape[0]
   dtype = g.dtype
-  if pref_vector is None:
-    u = jnp.full((k,), 1.0 / k, dtype)
-  else:
-    u = jnp.asarray(pref_vector, dtype)
-    if u.shape != (k,):
-      raise ValueError(f"upgrad: pref_vector must have shape ({k},); got {u.shape}.")
+  u = preference_vector(pref_vector, k, dtype, "upgrad")
   eps = jnp.asarray(reg_eps, dtype)
   starts = jnp.diag(u)  # row i is u_i e_i
   if ridge == "trace":
@@ -113,20 +114,11 @@ def upgrad(
   # y >= √d_i·u_i e_i, whose solution is √d_i times the one for u_i e_i; so we
   # solve on C + εI (condition number <= (K + ε)/ε whatever the norms) and
   # map back with v_i = (√d_i / √d) ⊙ y_i.
-  finfo = jnp.finfo(dtype)
-  diag = jnp.maximum(jnp.diagonal(g), 0.0)
-  s = jnp.sqrt(diag / jnp.maximum(jnp.max(diag), finfo.tiny))  # ‖g_k‖ / max_j ‖g_j‖
-  alive = s > jnp.sqrt(finfo.tiny)
-  root = jnp.sqrt(jnp.where(alive, diag, 1.0))
+  # A zero gradient conflicts with nothing (an isolated unit row of C), so
+  # y_k = 0 in every other task's projection and its own keeps y = u_k e_k.
+  q, safe_s, alive = relative_ridge_system(g, eps)
   both = alive[:, None] & alive[None, :]
-  # A zero gradient conflicts with nothing: an isolated unit row, so y_k = 0
-  # in every other task's projection and its own keeps y = u_k e_k.
-  c = jnp.where(both, g / root[:, None] / root[None, :], 0.0) + jnp.diag(
-      jnp.where(alive, 0.0, 1.0)
-  ).astype(dtype)
-  q = c + eps * jnp.eye(k, dtype=dtype)
   y = starts + jax.vmap(lambda s: nnqp(q, q @ s))(starts)
-  safe_s = jnp.where(alive, s, 1.0)
   ratio = jnp.where(both, safe_s[:, None] / safe_s[None, :], 0.0) + jnp.diag(
       jnp.where(alive, 0.0, 1.0)
   ).astype(dtype)
