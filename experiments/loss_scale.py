@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--chunk-size", type=int, default=None,
                  help="configurations per compiled chunk (default: a quarter of the runs, "
                       "so a progress bar moves; measured as fast as one chunk)")
+  p.add_argument("--memory-budget-mb", type=float, default=None,
+                 help="instead of --chunk-size: let wx.sweep size the chunks so that one "
+                      "compiled chunk (XLA's memory analysis) uses at most this many MiB")
   p.add_argument("--quick", action="store_true",
                  help="tiny run for tests: sgd and adam, 4 w in [1, 10], 2 seeds, 1000 steps")
   args = p.parse_args(argv)
@@ -152,6 +155,11 @@ def make_train(args: argparse.Namespace, x: jax.Array, y: jax.Array):
 
 def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
+  if args.memory_budget_mb is not None and args.chunk_size is not None:
+    raise SystemExit("loss_scale: give --chunk-size or --memory-budget-mb, not both.")
+  if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
+    raise SystemExit(f"loss_scale: --memory-budget-mb must be positive; got "
+                     f"{args.memory_budget_mb}.")
   out = new_run_dir("loss_scale", args.out)
   train_split, _ = load_digits(seed=0)
   x, y = jnp.asarray(train_split.x), jnp.asarray(train_split.y)
@@ -161,9 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
   print(f"loss_scale: {n_cfg} runs ({len(args.optimizers)} optimizers x {len(ws)} w x "
         f"{args.seeds} seeds) of {args.steps} steps, as one compiled sweep ...", flush=True)
   t0 = time.perf_counter()
-  chunk = args.chunk_size or -(-n_cfg // 4)
-  res = wx.sweep(make_train(args, x, y), grid, seeds=args.seeds, chunk_size=chunk,
-                 desc="loss_scale")
+  if args.memory_budget_mb is not None:
+    sizing = {"chunk_size": None, "memory_budget": args.memory_budget_mb * 2**20,
+              "progress": True}
+  else:
+    sizing = {"chunk_size": args.chunk_size or -(-n_cfg // 4)}
+  res = wx.sweep(make_train(args, x, y), grid, seeds=args.seeds, desc="loss_scale", **sizing)
   elapsed = time.perf_counter() - t0
   print(f"loss_scale: sweep done in {elapsed:.1f} s; analysing ...", flush=True)
   summary = report.write_all(out, res, args, ws, elapsed)

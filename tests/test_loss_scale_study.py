@@ -113,8 +113,16 @@ def test_help_lists_every_option():
   text = subprocess.run([sys.executable, str(ROOT / "experiments" / "loss_scale.py"), "--help"],
                         capture_output=True, text=True, check=True).stdout
   for opt in ("--w-min", "--num-w", "--seeds", "--steps", "--target", "--l2", "--quick",
-              "--lr-sgd-momentum", "--out", "default:"):
+              "--lr-sgd-momentum", "--out", "--memory-budget-mb", "default:"):
     assert opt in text, opt
+
+
+@pytest.mark.parametrize("argv", [["--chunk-size", "4", "--memory-budget-mb", "64"],
+                                  ["--memory-budget-mb", "0"], ["--memory-budget-mb", "nan"]])
+def test_chunk_sizing_options_are_refused_before_any_output(tmp_path, argv):
+  with pytest.raises(SystemExit, match="memory-budget-mb"):
+    study.main(["--quick", "--out", str(tmp_path / "run"), *argv])
+  assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
