@@ -56,7 +56,11 @@ SRC = ROOT  # where the sources are read from: the snapshot under --work once it
 
 # The modules under test and the tests each needs (fastest and most specific first,
 # since pytest -x stops at the first failure). Doctests of the module itself run too.
-WEIGHTING_TESTS = ["tests/test_weightings.py", "tests/test_weighting_properties.py"]
+# Every weighting gets the same selection: the unit tests of the weightings and their
+# solvers, the per-method tests of the newer ones, and each method's documented scale on
+# identical gradients (an independent closed form for every method).
+WEIGHTING_TESTS = ["tests/test_weightings.py", "tests/test_weighting_properties.py",
+                   "tests/test_methods_stateless.py", "tests/test_documented_scale.py"]
 TARGETS: dict[str, list[str]] = {
     "weightax/weightings/_solvers.py": WEIGHTING_TESTS,
     "weightax/weightings/mgda.py": WEIGHTING_TESTS,
@@ -80,7 +84,7 @@ TARGETS: dict[str, list[str]] = {
     ],
 }
 # Modules added after this list was written are found here and get these tests.
-TARGET_DIRS = {"weightax/weightings": WEIGHTING_TESTS + ["tests/test_methods_stateless.py"]}
+TARGET_DIRS = {"weightax/weightings": WEIGHTING_TESTS}
 EXTRA_TESTS = ["tests/test_mutation_kills.py"]  # tests written to kill survivors
 
 ARITH = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
@@ -250,6 +254,9 @@ def _prepare(work: Path, fresh: bool) -> None:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    (work / "SNAPSHOT").write_text(head + "\n")  # the commit every mutant of this work dir is of
   for t in EXTRA_TESTS:
     if (ROOT / t).exists():
       shutil.copy2(ROOT / t, work / t)
@@ -297,6 +304,8 @@ def run(args: argparse.Namespace) -> None:
     done = {i for i, r in latest.items() if r["status"] != "survived"}
   work = Path(args.work)
   _prepare(work, args.fresh)
+  snap = work / "SNAPSHOT"
+  commit = snap.read_text().strip() if snap.exists() else "unknown"
   table = targets()
   pool = [m for path in table for m in mutants(path)]
   if args.only:
@@ -341,7 +350,7 @@ def run(args: argparse.Namespace) -> None:
       status, secs, _ = _pytest(work, tests, m["file"], args.timeout, deselect=skip)
     finally:
       target.write_text(original)
-    rec = {**m, "status": status, "seconds": round(secs, 1)}
+    rec = {**m, "status": status, "seconds": round(secs, 1), "commit": commit}
     with results.open("a") as f:
       f.write(json.dumps(rec) + "\n")
     print(f"[{n}/{len(todo)}] {status:8s} {secs:6.1f}s {m['file']}:{m['line']} {m['op']}: "
@@ -380,6 +389,10 @@ def report(args: argparse.Namespace) -> None:
   if all_n:
     print(f"| all | {sum(totals.values())} | {all_n} | {all_k} | {all_n - all_k} | "
           f"{all_k / all_n:.0%} ({lo:.0%}-{hi:.0%}) |")
+  commits = sorted({r.get("commit", "unknown") for r in latest.values()
+                    if not args.only or any(s in r["file"] for s in args.only)})
+  timeouts = sum(r["status"] == "timeout" for r in latest.values() if r["file"] in totals)
+  print(f"\nsnapshot commits: {', '.join(commits)}; timeouts (counted as killed): {timeouts}")
   print("\nSurvivors:")
   for r in latest.values():
     if r["status"] == "survived" and r["file"] in totals:
