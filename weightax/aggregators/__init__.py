@@ -17,6 +17,7 @@ from weightax.aggregators._base import (
 from weightax.aggregators.aligned_mtl import AlignedMTLState, aligned_mtl
 from weightax.aggregators.cagrad import CAGradState, cagrad
 from weightax.aggregators.config import ConFIGState, config
+from weightax.aggregators.db_mtl import DBMTLState, db_mtl
 from weightax.aggregators.dualproj import DualProjState, dualproj
 from weightax.aggregators.dwa import DWAState, dwa
 from weightax.aggregators.excess_mtl import ExcessMTLState, excess_mtl
@@ -34,6 +35,7 @@ from weightax.aggregators.linear_scalarization import (
     linear_scalarization,
 )
 from weightax.aggregators.mgda import MGDAState, mgda
+from weightax.aggregators.moco import MoCoState, moco
 from weightax.aggregators.nash_mtl import NashMTLState, nash_mtl
 from weightax.aggregators.pcgrad import PCGradState, pcgrad
 from weightax.aggregators.random_loss_weighting import (
@@ -105,4 +107,8 @@ __all__ = [
     "gradvac",
     "ExcessMTLState",
     "excess_mtl",
+    "DBMTLState",
+    "db_mtl",
+    "MoCoState",
+    "moco",
 ]
