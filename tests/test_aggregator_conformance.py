@@ -42,6 +42,8 @@ ALL = [
     "fairgrad",
     "config",
     "graddrop",
+    "db_mtl",
+    "moco",
 ]
 # Hyperparameters to inject where the first non-zero float default is not the right pick.
 INJECT = {
@@ -70,6 +72,15 @@ K1_FACTOR = {
     "graddrop": 1.0,  # one task: nothing to drop
 }
 
+# These keep a moving average of (rescaled) task gradients, so their K = 1 update is not a
+# multiple of the current g_t but the average itself, as their docstrings state:
+# u_t = m_t = (1 − a_t)·m_{t−1} + a_t·c_t·g_t from m_0 = 0, with (a_t, c_t) = K1_AVERAGE[name]
+# (t = 1, 2, ..., loss L_t); checked exactly instead of K1_FACTOR's multiple.
+K1_AVERAGE = {
+    "db_mtl": lambda t, g, loss: (1 - 0.9, 1 / (loss + 1e-8)),  # α = 1, ∇log(L + 1e-8)
+    "moco": lambda t, g, loss: (0.5 / np.sqrt(t), loss / np.linalg.norm(g)),  # λ = 1
+}
+
 # The fewest tasks a method accepts with its default hyperparameters (1 unless listed): the
 # robust rules need more tasks than twice what they discard. Below it, every check that would
 # run the method instead asserts the clear error (_refuses_below_min_k), never a silent skip.
@@ -78,7 +89,7 @@ MIN_K = {
     "trimmed_mean": 3,  # 2·trim_number < K with trim_number = 1
 }
 # Not Σ_k w_k g_k: their task_weights are NaN (tested below), not weights to reproduce.
-NOT_WEIGHTING = {"trimmed_mean", "graddrop"}
+NOT_WEIGHTING = {"trimmed_mean", "graddrop", "db_mtl", "moco"}
 
 
 METHODS = [pytest.param(n, id=n) for n in ALL]
@@ -341,6 +352,13 @@ def test_single_task_update_is_scaled_gradient(name):
   outs, _ = _run(tx, params, grads, _losses(k=1), keys)
   u = jnp.concatenate([x.reshape(T, -1) for x in jax.tree.leaves(outs)], axis=1)
   g = jnp.concatenate([x.reshape(T, -1) for x in jax.tree.leaves(grads)], axis=1)
+  if name in K1_AVERAGE:  # the stated moving average, in float64
+    m, g64, losses = 0.0, np.asarray(g, np.float64), np.asarray(_losses(k=1), np.float64)
+    for t in range(1, T + 1):
+      a, c = K1_AVERAGE[name](t, g64[t - 1], losses[t - 1, 0])
+      m = (1 - a) * m + a * c * g64[t - 1]
+      np.testing.assert_allclose(u[t - 1], m, rtol=1e-5, atol=1e-6 * np.abs(m).max())
+    return
   factor = jnp.sum(u * g, axis=1) / jnp.sum(g * g, axis=1)
   np.testing.assert_allclose(u, factor[:, None] * g, rtol=1e-4, atol=1e-6)
   assert bool(jnp.all(factor > 0))
