@@ -41,10 +41,10 @@ SCRIPT = textwrap.dedent('''
                  "dualproj", "aligned_mtl", "geometric_loss", "imtl", "krum", "trimmed_mean",
                  "famo", "fairgrad", "stch", "gradvac",
                  "config", "excess_mtl",
-                 "graddrop"]:
+                 "graddrop", "db_mtl", "moco"]:
       tx = getattr(wx, name)(num_tasks=3) if name in ("dwa", "uncertainty_weighting",
                                                      "gradnorm", "imtl", "famo", "gradvac",
-                                                     "excess_mtl") else (
+                                                     "excess_mtl", "db_mtl", "moco") else (
           getattr(wx, name)())
       def per_device(g, l):
         g = jax.tree.map(lambda x: x[0], g)
