@@ -75,7 +75,7 @@ from weightax.aggregators import (
 )
 from weightax.gramian_free import value_and_gramian
 from weightax.jacobian import gramian, num_tasks, value_and_jacobian
-from weightax.sweep import SweepResult, sweep
+from weightax.sweep import Stepwise, SweepResult, sweep
 from weightax.train import FitResult, fit, sample_batch
 
 __version__ = "0.1.0"
@@ -142,6 +142,7 @@ __all__ = [
     "UPGradState",
     # studies
     "FitResult",
+    "Stepwise",
     "SweepResult",
     "fit",
     "sample_batch",
