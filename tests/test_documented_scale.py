@@ -31,6 +31,27 @@ LOSSES = jnp.array([[1.0, 2.0, 0.5], [0.8, 1.9, 0.25], [0.7, 1.5, 0.2], [0.6, 1.
 KEYS = jax.random.split(jax.random.key(2), T)
 C = 0.4
 
+
+
+def _db_mtl_factor(t):
+  """Each average is c_k·g, c_k ← βc_k + (1 − β)/(L_k + 1e-8) (β = 0.9); every one is rescaled
+  to the largest norm, so u = K·max_k c_k·g."""
+  c = np.zeros(K)
+  for s in range(t + 1):
+    c = 0.9 * c + 0.1 / (np.asarray(LOSSES[s], np.float64) + 1e-8)
+  return K * c.max()
+
+
+def _moco_factor(t):
+  """y = βL (β_1 = 0.5) and Y = y ĝᵀ, so YYᵀλ = (yᵀλ)y and, with λ₀ = 1/K and no weight
+  clipped at 0, Π_Δ gives λ = 1/K + γβ²L̄(L̄ − L) (γ = 0.1); u = Yᵀλ = (λᵀy)/‖g‖·g."""
+  assert t == 0
+  loss = np.asarray(LOSSES[0], np.float64)
+  lam = 1 / K + 0.1 * 0.5**2 * loss.mean() * (loss.mean() - loss)
+  assert np.all(lam > 0) and abs(lam.sum() - 1) < 1e-12
+  return lam @ (0.5 * loss) / NORM
+
+
 # name -> (factory kwargs, expected factor f with u = f·g at every step, or at the first only)
 EXPECTED = {
     # Σ_k w_k g with w = 1: K·g.
@@ -81,6 +102,10 @@ EXPECTED = {
     "graddrop": ({}, K, "every"),
     # α_k = 1/(√K‖g‖) solves Gα = 1/α; ‖Jᵀα‖ = √K > max_norm = 1 is clipped to 1: g/‖g‖.
     "nash_mtl": ({}, 1.0 / NORM, "every"),
+    # moving averages c_k·g of g/(L_k + 1e-8), each rescaled to the largest: K·max_k c_k·g.
+    "db_mtl": ({}, _db_mtl_factor, "every"),
+    # one projected step from λ₀ = 1/K on tracks βL_k·g/‖g‖: (λᵀβL)/‖g‖·g (see _moco_factor).
+    "moco": ({}, _moco_factor, "first"),
 }
 EXTRA = {
     "cagrad_no_rescale": ("cagrad", {"c": C, "rescale": False}, 1 + C, "every"),
@@ -90,10 +115,13 @@ EXTRA = {
 }
 CASES = {c: v for c, v in {**{n: (n, *v) for n, v in EXPECTED.items()}, **EXTRA}.items()
          if hasattr(wx.aggregators, v[0])}  # every method that exists; see the next test
-NOT_WEIGHTING = {"trimmed_mean", "graddrop"}  # coordinate-wise: task_weights is NaN
+# coordinate-wise, or averages of past gradients: task_weights is NaN
+NOT_WEIGHTING = {"trimmed_mean", "graddrop", "db_mtl", "moco"}
 
 
 def _factor(factor, t):
+  if callable(factor):
+    return factor(t)
   if factor == "gls":
     losses = np.asarray(LOSSES[t], np.float64)
     return np.prod(losses) ** (1 / K) / K * np.sum(1 / losses)
