@@ -296,6 +296,29 @@ METHODS: tuple[Method, ...] = (
              "the sum), then w ← K·normalise(w·exp(η e/e⁰)) with AdaGrad-style excess-risk "
              "estimates e from the per-coordinate gradients; init needs the parameters.",
     ),
+    Method(
+        name="db_mtl", title="DB-MTL", paper="Lin et al., arXiv 2023",
+        needs=("task_losses", "Jacobian"),
+        state="moving averages ĝ of the log-loss gradients of every shared parameter, the count",
+        state_fields=("averages", "count"), num_tasks="required",
+        conflict_free="no", scale_invariant="yes", permutation_invariant="yes", weighting=False,
+        note="u = Σ_k α_k ĝ_k with ĝ_k a moving average (β = 0.9) of ∇log(L_k + 1e-8) = "
+             "g_k/(L_k + 1e-8) and α_k = max_j‖ĝ_j‖/‖ĝ_k‖: the log makes it invariant to the "
+             "loss scales. Its first update lies in the span of the task gradients; later "
+             "ones combine past gradients (measured at the second update), so it is not a "
+             "weighting and task_weights is NaN. init needs the parameters.",
+    ),
+    Method(
+        name="moco", title="MoCo", paper="Fernando et al., ICLR 2023",
+        needs=("task_losses", "Jacobian"),
+        state="tracked gradients Y of every shared parameter, the weights λ, the count",
+        state_fields=("tracked", "lambdas", "count"), num_tasks="required",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=False,
+        note="u = Yᵀλ: Y tracks L_k g_k/‖g_k‖ (LibMTL's input), λ takes one projected step "
+             "on ½‖Yᵀλ‖² per update (the paper's Π_Δ; LibMTL's softmax with "
+             "simplex=\"softmax\"). Like db_mtl, not a weighting after the first update "
+             "(task_weights is NaN; λ is the state's lambdas). init needs the parameters.",
+    ),
 )
 
 
