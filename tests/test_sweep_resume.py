@@ -50,23 +50,30 @@ CHILD = textwrap.dedent(
     """
     import importlib, json, sys
     import numpy as np
-    sys.path.insert(0, sys.argv[3])
-    from test_sweep_resume import CHUNK, GRID, train
+    sys.path.insert(0, sys.argv[4])
+    from test_sweep_resume import CHUNK, GRID, STEP_KW, stepwise, train
     import weightax as wx
     sm = importlib.import_module("weightax.sweep")
-    res = wx.sweep(train, GRID, seeds=1, chunk_size=CHUNK, checkpoint_dir=sys.argv[1],
-                   progress=True)
-    np.savez(sys.argv[2], curve=res.metrics["curve"], w=res.metrics["w"])
-    print(json.dumps({"chunks_run": sm._CHUNKS_RUN}), flush=True)
+    info = {}
+    for mode in sys.argv[1].split(","):
+      if mode == "train":
+        res = wx.sweep(train, GRID, seeds=1, chunk_size=CHUNK, progress=True,
+                       checkpoint_dir=sys.argv[2] + "/train")
+      else:
+        res = wx.sweep(stepwise(), GRID, progress=False, checkpoint_dir=sys.argv[2] + "/step",
+                       **STEP_KW)
+      np.savez(f"{sys.argv[3]}-{mode}.npz", curve=res.metrics["curve"], w=res.metrics["w"])
+    print(json.dumps({"chunks_run": sm._CHUNKS_RUN, "segments_run": sm._SEGMENTS_RUN}),
+          flush=True)
     """
 )
 
 
-def _child(tmp_path, ckdir, out, nap=""):
+def _child(mode, ckdir, out, nap=""):
   env = dict(os.environ, JAX_PLATFORMS="cpu", SWEEP_TEST_NAP=nap)
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen(
-      [sys.executable, "-c", CHILD, str(ckdir), str(out), os.path.dirname(__file__)],
+      [sys.executable, "-c", CHILD, mode, str(ckdir), str(out), os.path.dirname(__file__)],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -76,41 +83,86 @@ def _finish(p):
   return json.loads(out.strip().splitlines()[-1]), err
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """Uninterrupted runs of both sweeps in a fresh process, started early to overlap."""
+  d = tmp_path_factory.mktemp("ref")
+  proc = _child("train,step", d, d / "ref")
+  done = {}
+
+  def get():
+    if not done:
+      done["info"], _ = _finish(proc)
+    return done["info"], {m: np.load(d / f"ref-{m}.npz") for m in ("train", "step")}
+
+  yield get
+  if proc.poll() is None:
+    proc.kill()
+
+
+def _kill_when(proc, ready, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline and not ready():
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    time.sleep(0.01)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+
+
 def _chunk_files(d):
   return sorted(f for f in os.listdir(d) if f.startswith("chunk-"))
 
 
-def test_sigkill_mid_sweep_then_resume_recomputes_only_missing_chunks(tmp_path):
-  killed_dir, ref_dir = tmp_path / "killed", tmp_path / "ref"
-  victim = _child(tmp_path, killed_dir, tmp_path / "never.npz", nap="0.15")
-  # The uninterrupted reference runs meanwhile, in the same kind of fresh process.
-  ref = _child(tmp_path, ref_dir, tmp_path / "ref.npz")
-  deadline = time.time() + 240
-  while time.time() < deadline:
-    if killed_dir.exists() and len(_chunk_files(killed_dir)) >= 2:
-      break
-    time.sleep(0.01)
-  os.kill(victim.pid, signal.SIGKILL)
-  victim.wait()
-  assert victim.returncode == -signal.SIGKILL
-  done = _chunk_files(killed_dir)
+def test_sigkill_mid_sweep_then_resume_recomputes_only_missing_chunks(tmp_path, reference):
+  d = tmp_path / "train"
+  victim = _child("train", tmp_path, tmp_path / "never", nap="0.15")
+  _kill_when(victim, lambda: d.exists() and len(_chunk_files(d)) >= 2)
+  done = _chunk_files(d)
   assert 2 <= len(done) < N // CHUNK, done  # killed mid-sweep
-  stamps = {f: os.stat(killed_dir / f).st_mtime_ns for f in done}
+  stamps = {f: os.stat(d / f).st_mtime_ns for f in done}
 
-  info, err = _finish(_child(tmp_path, killed_dir, tmp_path / "resumed.npz"))
+  info, err = _finish(_child("train", tmp_path, tmp_path / "resumed"))
   assert info["chunks_run"] == N // CHUNK - len(done)  # only the unfinished chunks ran
-  assert {f: os.stat(killed_dir / f).st_mtime_ns for f in done} == stamps  # not rewritten
-  assert _chunk_files(killed_dir) == [f"chunk-{c:06d}.npz" for c in range(N // CHUNK)]
-  assert not [f for f in os.listdir(killed_dir) if f.startswith(".tmp-")]
+  assert {f: os.stat(d / f).st_mtime_ns for f in done} == stamps  # not rewritten
+  assert _chunk_files(d) == [f"chunk-{c:06d}.npz" for c in range(N // CHUNK)]
+  assert not [f for f in os.listdir(d) if f.startswith(".tmp-")]
   # The progress bar counts configurations and starts at those already done.
   counts = [tuple(map(int, m)) for m in re.findall(r"\| *(\d+)/(\d+) \[", err)]
   assert counts[0] == (CHUNK * len(done), N) and counts[-1] == (N, N), counts
 
-  ref_info, _ = _finish(ref)
-  assert ref_info["chunks_run"] == N // CHUNK
-  got, want = np.load(tmp_path / "resumed.npz"), np.load(tmp_path / "ref.npz")
+  ref_info, ref = reference()
+  got = np.load(tmp_path / "resumed-train.npz")
   for name in ("curve", "w"):
-    np.testing.assert_array_equal(got[name], want[name])  # bitwise
+    np.testing.assert_array_equal(got[name], ref["train"][name])  # bitwise
+
+
+def _latest_carry(d, c):
+  p = d / f"carry-{c:06d}"
+  steps = [int(x) for x in os.listdir(p) if x.isdigit()] if p.exists() else []
+  return max(steps, default=0)
+
+
+def test_sigkill_mid_segment_resumes_from_the_saved_carry(tmp_path, reference):
+  d = tmp_path / "step"
+  n_chunks, n_seg = N // STEP_KW["chunk_size"], 3  # 10 steps in segments of 4, 4, 2
+  victim = _child("step", tmp_path, tmp_path / "never", nap="0.01")
+  _kill_when(victim, lambda: any(_latest_carry(d, c) >= 1 for c in range(n_chunks)))
+  done = {int(f[6:12]) for f in _chunk_files(d)}
+  assert len(done) < n_chunks
+  restored = {c: _latest_carry(d, c) for c in range(n_chunks) if c not in done}
+  assert any(restored.values()), "killed before any carry was saved"
+
+  info, _ = _finish(_child("step", tmp_path, tmp_path / "resumed"))
+  # Only the segments after each chunk's last saved carry ran again.
+  assert info["segments_run"] == sum(n_seg - k for k in restored.values())
+  assert info["chunks_run"] == n_chunks - len(done)
+  assert not [f for f in os.listdir(d) if f.startswith("carry-")]  # removed once stored
+  ref_info, ref = reference()
+  assert ref_info["segments_run"] == n_chunks * n_seg
+  got = np.load(tmp_path / "resumed-step.npz")
+  for name in ("curve", "w"):
+    np.testing.assert_array_equal(got[name], ref["step"][name])  # bitwise
 
 
 def quick(hp, key):
@@ -158,12 +210,13 @@ def test_a_different_sweep_is_refused_naming_what_differs(tmp_path, change, matc
   assert sorted(os.listdir(tmp_path)) == stored  # nothing written
 
 
-def _stepwise():
+def stepwise():
   def init(hp, key):
     return {"w": jax.random.normal(key, (3,)), "key": jax.random.fold_in(key, 1),
             "t": jnp.zeros((), jnp.int32), "curve": jnp.zeros(10)}
 
   def step(c, hp):
+    jax.debug.callback(_nap, c["t"])
     noise = 0.01 * jax.random.normal(jax.random.fold_in(c["key"], c["t"]), (3,))
     loss, g = jax.value_and_grad(lambda w: jnp.mean((jnp.tanh(X @ w) - Y) ** 2))(c["w"])
     return {"w": c["w"] - hp["lr"] * g + noise, "key": c["key"], "t": c["t"] + 1,
@@ -173,8 +226,11 @@ def _stepwise():
                      finish=lambda c: {"curve": c["curve"], "w": c["w"]})
 
 
+STEP_KW = {"seeds": 1, "chunk_size": 4, "segment_steps": 4}  # segments of 4, 4, 2 steps
+
+
 def test_stepwise_resumes_from_the_saved_carry(tmp_path, monkeypatch):
-  run, grid = _stepwise(), {"lr": [0.1, 0.3, 0.5]}
+  run, grid = stepwise(), {"lr": [0.1, 0.3, 0.5]}
   kw = {"seeds": 1, "chunk_size": 2, "segment_steps": 4}  # segments of 4, 4, 2 steps
   full = wx.sweep(run, grid, checkpoint_dir=tmp_path / "full", **kw)
   one = wx.sweep(run, grid, seeds=1)  # one program, no segments
@@ -201,6 +257,6 @@ def test_segment_steps_needs_a_stepwise_train():
   with pytest.raises(TypeError, match="wx.Stepwise"):
     wx.sweep(quick, {"lr": [1.0]}, segment_steps=2)
   with pytest.raises(ValueError, match="segment_steps must be a positive int"):
-    wx.sweep(_stepwise(), {"lr": [1.0]}, segment_steps=0)
+    wx.sweep(stepwise(), {"lr": [1.0]}, segment_steps=0)
   with pytest.raises(ValueError, match="num_steps must be a positive int"):
     wx.Stepwise(init=lambda h, k: 0, step=lambda c, h: c, num_steps=0)

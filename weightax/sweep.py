@@ -230,7 +230,8 @@ def _run_segments(train: Stepwise, progs: dict, hp: dict, seeds: np.ndarray,
     ocp = _orbax()
     manager = ocp.CheckpointManager(
         ckpt.carry_path(directory, c).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                             cleanup_tmp_directories=True))
     latest = manager.latest_step()
     if latest is not None:
       abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=s.sharding),
@@ -454,6 +455,8 @@ def sweep(
           )
       if not problem:
         done = ckpt.done_chunks(directory, n_chunks)
+        for c in np.flatnonzero(done):  # left by a crash between a chunk's save and cleanup
+          ckpt.remove_carry(directory, int(c))
     problem = _broadcast_text(problem)
     if problem:
       raise ValueError(problem)
