@@ -174,7 +174,8 @@ def db_mtl(
     norms = task_norms(new_avgs, k)
     nonzero = norms > 0
     alpha = jnp.where(nonzero, jnp.max(norms) / jnp.where(nonzero, norms, 1.0), 0.0)
-    out = [jnp.tensordot(alpha, a, axes=1) for a in new_avgs]
+    # Σ_k α_k ĝ_k elementwise (no matmul: exact float32 on GPUs too, where dots may use TF32)
+    out = [jnp.sum(alpha.reshape((k,) + (1,) * (a.ndim - 1)) * a, axis=0) for a in new_avgs]
     new_state = DBMTLState(
         averages=jax.tree.unflatten(jax.tree.structure(state.averages), new_avgs),
         count=count, task_weights=state.task_weights)

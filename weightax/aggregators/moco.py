@@ -196,7 +196,8 @@ def moco(
                  jnp.zeros((k, k), jnp.float32))
       step = state.lambdas - c * (gram @ state.lambdas + rho * state.lambdas)
     lambdas = project_to_simplex(step) if simplex == "projection" else jax.nn.softmax(step)
-    out = [jnp.tensordot(lambdas, y, axes=1) for y in new_y]
+    # Yᵀλ elementwise (no matmul: exact float32 on GPUs too, where dots may use TF32)
+    out = [jnp.sum(lambdas.reshape((k,) + (1,) * (y.ndim - 1)) * y, axis=0) for y in new_y]
     new_state = MoCoState(
         tracked=jax.tree.unflatten(jax.tree.structure(state.tracked), new_y),
         lambdas=lambdas, count=count, task_weights=state.task_weights)
