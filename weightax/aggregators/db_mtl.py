@@ -80,9 +80,10 @@ def db_mtl(
 
   at update ``t = 1, 2, ...`` (a zero average gets ``α_k = 0``).
 
-  Convention: the paper's, as in the authors' LibMTL ``DB_MTL`` (β = 0.9,
-  σ = 0, the sum of the rescaled averages, ``ĝ`` from 0 without bias
-  correction), with one difference: LibMTL divides by ``‖ĝ_k‖ + 10⁻⁸``,
+  Convention: the paper's update as the authors' LibMTL ``DB_MTL`` writes it
+  (the sum of the rescaled averages, ``ĝ`` from 0 without bias correction,
+  the schedule ``β_t = β/t^σ`` with LibMTL's defaults β = 0.9, σ = 0), with
+  one difference: LibMTL divides by ``‖ĝ_k‖ + 10⁻⁸``,
   which shrinks averages of norm near 10⁻⁸ and below; here ``α_k`` is the
   paper's exact ratio, so the update keeps its direction and scale for
   gradients of any size. Losses must be above ``−10⁻⁸`` (their logarithm is
