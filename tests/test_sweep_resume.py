@@ -175,11 +175,13 @@ def test_resume_loads_finished_chunks_and_progress_starts_at_done(tmp_path, caps
   assert _chunk_files(tmp_path) == ["chunk-000000.npz", "chunk-000001.npz", "chunk-000002.npz"]
   assert re.findall(r"(\d+)/10 \[", capsys.readouterr().err)[0] == "0"
   os.remove(tmp_path / "chunk-000001.npz")  # as if the run had died during chunk 1
+  (tmp_path / ".tmp-chunk-000001.npz-999").write_bytes(b"half a chunk")  # died mid-write
   before = sm._CHUNKS_RUN
   again = wx.sweep(quick, grid, seeds=2, chunk_size=4, checkpoint_dir=tmp_path, progress=True)
   assert sm._CHUNKS_RUN - before == 1
   counts = re.findall(r"(\d+)/10 \[", capsys.readouterr().err)
   assert counts[0] == "6" and counts[-1] == "10"  # 8 - 2: the last chunk holds 2 configs
+  assert not list(tmp_path.glob(".tmp-*"))
   for name in ("x", "n"):
     np.testing.assert_array_equal(again.metrics[name], first.metrics[name])
   # Independent check of the layout: config i is lr_{i // 2} with seed i % 2.
@@ -187,6 +189,25 @@ def test_resume_loads_finished_chunks_and_progress_starts_at_done(tmp_path, caps
   np.testing.assert_allclose(again.metrics["n"], lr)
   x0 = jax.random.normal(jax.random.key(1), (3,))
   np.testing.assert_allclose(again.metrics["x"][7], 4.0 * np.asarray(x0), rtol=1e-6)
+
+
+def _make_quick():
+  def quick(hp, key):  # the same function as `quick`, a new object: nothing cached
+    return {"x": hp["lr"] * jax.random.normal(key, (3,)), "n": jnp.sum(hp["lr"])}
+
+  return quick
+
+
+def test_fingerprint_is_the_same_whether_or_not_the_program_was_cached(tmp_path):
+  grid = {"lr": [1.0, 2.0, 3.0]}
+  wx.sweep(_make_quick(), grid, checkpoint_dir=tmp_path / "a")  # hashed when compiled
+  cached = _make_quick()
+  wx.sweep(cached, grid)  # compiled without a fingerprint
+  before = sm.compile_count()
+  wx.sweep(cached, grid, checkpoint_dir=tmp_path / "b")  # hashed from a new lowering
+  assert sm.compile_count() == before  # lowered again, not compiled again
+  read = lambda d: json.loads((tmp_path / d / "manifest.json").read_text())
+  assert read("a") == read("b")
 
 
 @pytest.mark.parametrize(

@@ -35,11 +35,11 @@ from weightax.sweep_result import SweepResult
 
 __all__ = ["sweep", "SweepResult", "Stepwise", "compile_count"]
 
-# (kind, function, chunk size, input avals, devices) -> (compiled program, sha256 of its
-# lowered text). A cache of our own (rather than jit's) lets us read the compiled
-# program's memory analysis before running it, count how many programs a sweep
-# needed, and fingerprint the program for resumable sweeps.
-_COMPILED: dict[Any, tuple[Any, str]] = {}
+# (kind, function, input avals, devices) -> (compiled program, sha256 of its lowered
+# text, or None until a resumable sweep asks for it). A cache of our own (rather than
+# jit's) lets us read the compiled program's memory analysis before running it, count
+# how many programs a sweep needed, and fingerprint the program for resumable sweeps.
+_COMPILED: dict[Any, tuple[Any, str | None]] = {}
 _COMPILE_COUNT = 0
 _CHUNKS_RUN = 0  # chunks computed (not loaded from a checkpoint) in this process; for tests
 _SEGMENTS_RUN = 0  # Stepwise segments computed (not restored) in this process; for tests
@@ -160,43 +160,55 @@ def _spec(x: Any, n: int) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((n,) + tuple(x.shape[1:]), x.dtype)
 
 
-def _compile(kind: str, fn: Callable, key: Any, args: tuple, devices: list) -> tuple[Any, str]:
-  """Compiles (or fetches) ``jit(fn)`` for abstract ``args``; returns it and its text's hash."""
+def _compile(kind: str, fn: Callable, key: Any, args: tuple, devices: list,
+             fingerprint: bool) -> tuple[Any, str | None]:
+  """Compiles (or fetches) ``jit(fn)`` for abstract ``args``.
+
+  Returns the compiled program and, when ``fingerprint``, the SHA-256 of its lowered
+  text (only then: the text spells out constants captured by ``train``, e.g. a whole
+  dataset, so it is worth making only for a resumable sweep).
+  """
   global _COMPILE_COUNT
   avals = jax.tree.map(lambda s: (s.shape, str(s.dtype)), args)
   cache_key = (kind, key, str(jax.tree.structure(args)), str(avals), tuple(devices))
-  if cache_key in _COMPILED:
-    return _COMPILED[cache_key]
   shardings = _sharding(devices)
-  lowered = jax.jit(fn, in_shardings=shardings, out_shardings=shardings).lower(*args)
-  entry = (lowered.compile(), ckpt.sha256(lowered.as_text()))
+  lower = lambda: jax.jit(fn, in_shardings=shardings, out_shardings=shardings).lower(*args)
+  if cache_key in _COMPILED:
+    compiled, digest = _COMPILED[cache_key]
+    if fingerprint and digest is None:  # traced again, not compiled again
+      _COMPILED[cache_key] = compiled, ckpt.sha256(lower().as_text())
+    return _COMPILED[cache_key]
+  lowered = lower()
+  entry = (lowered.compile(), ckpt.sha256(lowered.as_text()) if fingerprint else None)
   _COMPILE_COUNT += 1
   _COMPILED[cache_key] = entry
   return entry
 
 
 def _programs(train: Callable | Stepwise, hp: dict[str, np.ndarray], n: int, devices: list,
-              segment_steps: int | None) -> dict[str, tuple[Any, str]]:
+              segment_steps: int | None, fingerprint: bool) -> dict[str, tuple[Any, str | None]]:
   """The compiled programs a chunk of ``n`` configurations needs, by role."""
   spec_hp = {k: _spec(v, n) for k, v in hp.items()}
   spec_seed = jax.ShapeDtypeStruct((n,), jnp.uint32)
   if segment_steps is None:  # one program: the whole run
     run = jax.vmap(lambda h, s: train(h, jax.random.key(s)))
-    return {"run": _compile("run", run, train, (spec_hp, spec_seed), devices)}
+    return {"run": _compile("run", run, train, (spec_hp, spec_seed), devices, fingerprint)}
   init = jax.vmap(lambda h, s: train.init(h, jax.random.key(s)))
-  progs = {"init": _compile("init", init, train, (spec_hp, spec_seed), devices)}
+  progs = {"init": _compile("init", init, train, (spec_hp, spec_seed), devices,
+                                fingerprint)}
   carry = progs["init"][0].out_info
   carry = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), carry)
   lengths = {min(segment_steps, train.num_steps), train.num_steps % segment_steps}
   for length in sorted(x for x in lengths if x):
     seg = jax.vmap(lambda c, h, length=length: train.segment(c, h, length))
     progs[f"segment{length}"] = _compile(f"segment{length}", seg, train, (carry, spec_hp),
-                                         devices)
-  progs["finish"] = _compile("finish", jax.vmap(train.done), train, (carry,), devices)
+                                         devices, fingerprint)
+  progs["finish"] = _compile("finish", jax.vmap(train.done), train, (carry,), devices,
+                              fingerprint)
   return progs
 
 
-def _bytes(progs: dict[str, tuple[Any, str]]) -> int | None:
+def _bytes(progs: dict[str, tuple[Any, str | None]]) -> int | None:
   used = [_budget_bytes(c) for c, _ in progs.values()]
   return None if any(u is None for u in used) else max(used)
 
@@ -410,14 +422,15 @@ def sweep(
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"chunk_size must be positive; got {chunk_size}.")
   size = round_up(min(n, chunk_size) if chunk_size else n)
-  progs = _programs(train, hp, size, devices, segment_steps)
+  fingerprint = checkpoint_dir is not None
+  progs = _programs(train, hp, size, devices, segment_steps, fingerprint)
   if chunk_size is None:
     used = _bytes(progs)
     if used is not None and used > memory_budget and size > nd:
       size = round_up(max(1, int(size * memory_budget / used)))
       # Every process must run the same chunks; process 0's choice is everyone's.
       size = int(_broadcast(np.asarray(size, np.int64)))
-      progs = _programs(train, hp, size, devices, segment_steps)
+      progs = _programs(train, hp, size, devices, segment_steps, fingerprint)
 
   n_chunks = int(math.ceil(n / size))
   keeps = [min(size, n - c * size) for c in range(n_chunks)]
