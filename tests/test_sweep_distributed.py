@@ -34,6 +34,11 @@ CHILD = textwrap.dedent(
     sm = importlib.import_module("weightax.sweep")
     assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
     whole = wx.sweep(train, GRID, seeds=SEEDS)                    # 1 chunk of 8 (7 + 1 padded)
+    # The compiled per-device program (after SPMD partitioning) holds 8 / 4 = 2 of the
+    # configurations: its curves are [2, 10]; none of them is the whole chunk's [8, 10].
+    (prog, _), = [v for k, v in sm._COMPILED.items() if k[0] == "run" and k[1] is train]
+    text = prog.as_text()
+    share = {"rows_2": "f32[2,10]" in text, "rows_8": "f32[8,10]" in text}
     before = sm._CHUNKS_RUN
     chunked = wx.sweep(train, GRID, seeds=SEEDS, chunk_size=3, checkpoint_dir=ckdir)  # 4+4(1 pad)
     ran = sm._CHUNKS_RUN - before
@@ -43,7 +48,7 @@ CHILD = textwrap.dedent(
                    checkpoint_dir=ckdir + "-seg")
     np.savez(out, whole=whole.metrics["curve"], chunked=chunked.metrics["curve"],
              again=again.metrics["curve"], seg=seg.metrics, w=whole.metrics["w"])
-    print(json.dumps({"pid": pid, "ran": ran, "ran_again": ran_again}), flush=True)
+    print(json.dumps({"pid": pid, "ran": ran, "ran_again": ran_again, "share": share}), flush=True)
     """
 )
 
@@ -97,6 +102,8 @@ def test_two_processes_equal_one(tmp_path):
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
     results.append(json.loads(out.strip().splitlines()[-1]))
+  # Each device's program computes only its 2 of the 8 (7 + 1 padded) configurations.
+  assert [r["share"] for r in results] == [{"rows_2": True, "rows_8": False}] * 2
   # The checkpointed sweep ran its 2 chunks once; the rerun loaded them and ran none.
   assert [(r["ran"], r["ran_again"]) for r in results] == [(2, 0), (2, 0)]
   assert sorted(os.listdir(tmp_path / "ck")) == ["chunk-000000.npz", "chunk-000001.npz",
