@@ -44,11 +44,29 @@ CHILD = textwrap.dedent(
     ran = sm._CHUNKS_RUN - before
     again = wx.sweep(train, GRID, seeds=SEEDS, chunk_size=3, checkpoint_dir=ckdir)    # resumes
     ran_again = sm._CHUNKS_RUN - before - ran
-    seg = wx.sweep(STEPWISE, GRID, seeds=SEEDS, chunk_size=4, segment_steps=4,
-                   checkpoint_dir=ckdir + "-seg")
+    # A Stepwise sweep whose carries are kept (as after a crash), then its chunks lost:
+    # the rerun restores each chunk's sharded carry (orbax, every process its shards) and
+    # runs only the last of the 3 segments.
+    import os
+    from jax.experimental import multihost_utils
+    ck = importlib.import_module("weightax._checkpoint")
+    remove_carry, ck.remove_carry = ck.remove_carry, lambda *a: None
+    kw = dict(seeds=SEEDS, chunk_size=4, segment_steps=4, checkpoint_dir=ckdir + "-seg")
+    seg = wx.sweep(STEPWISE, GRID, **kw)  # 2 chunks of 4, segments of 4, 4, 2 steps
+    ck.remove_carry = remove_carry
+    multihost_utils.sync_global_devices("seg done")
+    if pid == 0:
+      for c in (0, 1):
+        os.remove(ck.chunk_path(ckdir + "-seg", c))
+    multihost_utils.sync_global_devices("chunks removed")
+    segs = sm._SEGMENTS_RUN
+    seg_again = wx.sweep(STEPWISE, GRID, **kw)
+    segs_again = sm._SEGMENTS_RUN - segs
+    np.testing.assert_array_equal(seg_again.metrics, seg.metrics)
     np.savez(out, whole=whole.metrics["curve"], chunked=chunked.metrics["curve"],
              again=again.metrics["curve"], seg=seg.metrics, w=whole.metrics["w"])
-    print(json.dumps({"pid": pid, "ran": ran, "ran_again": ran_again, "share": share}), flush=True)
+    print(json.dumps({"pid": pid, "ran": ran, "ran_again": ran_again, "share": share,
+                      "segs": segs, "segs_again": segs_again}), flush=True)
     """
 )
 
@@ -106,6 +124,7 @@ def test_two_processes_equal_one(tmp_path):
   assert [r["share"] for r in results] == [{"rows_2": True, "rows_8": False}] * 2
   # The checkpointed sweep ran its 2 chunks once; the rerun loaded them and ran none.
   assert [(r["ran"], r["ran_again"]) for r in results] == [(2, 0), (2, 0)]
+  assert [(r["segs"], r["segs_again"]) for r in results] == [(6, 2), (6, 2)]
   assert sorted(os.listdir(tmp_path / "ck")) == ["chunk-000000.npz", "chunk-000001.npz",
                                                  "manifest.json"]
   ref = wx.sweep(train, GRID, seeds=SEEDS)  # this process: one device, one program
