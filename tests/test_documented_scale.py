@@ -106,6 +106,9 @@ EXPECTED = {
     "db_mtl": ({}, _db_mtl_factor, "every"),
     # one projected step from λ₀ = 1/K on tracks βL_k·g/‖g‖: (λᵀβL)/‖g‖·g (see _moco_factor).
     "moco": ({}, _moco_factor, "first"),
+    # weights on the simplex (sdmgrad: (w + λ/K)/(1 + λ), modo: λ) sum to 1: g.
+    "sdmgrad": ({}, 1.0, "every"),
+    "modo": ({}, 1.0, "every"),
 }
 EXTRA = {
     "cagrad_no_rescale": ("cagrad", {"c": C, "rescale": False}, 1 + C, "every"),

@@ -41,10 +41,11 @@ SCRIPT = textwrap.dedent('''
                  "dualproj", "aligned_mtl", "geometric_loss", "imtl", "krum", "trimmed_mean",
                  "famo", "fairgrad", "stch", "gradvac",
                  "config", "excess_mtl",
-                 "graddrop", "db_mtl", "moco"]:
+                 "graddrop", "db_mtl", "moco", "sdmgrad", "modo"]:
       tx = getattr(wx, name)(num_tasks=3) if name in ("dwa", "uncertainty_weighting",
                                                      "gradnorm", "imtl", "famo", "gradvac",
-                                                     "excess_mtl", "db_mtl", "moco") else (
+                                                     "excess_mtl", "db_mtl", "moco",
+                                                     "sdmgrad", "modo") else (
           getattr(wx, name)())
       def per_device(g, l):
         g = jax.tree.map(lambda x: x[0], g)

@@ -15,7 +15,11 @@ Vocabulary of the columns:
   ``Gramian`` (``G = J Jᵀ`` of the shared gradients: the weights depend on the
   gradients only through ``G``), ``Jacobian`` (the per-task gradients
   themselves, e.g. their norms on one layer), ``extra forward pass`` (the
-  losses re-evaluated after the step) and ``validation data``.
+  losses re-evaluated after the step), ``validation data`` and ``independent
+  batches`` (the Jacobians of more batches at the same parameters, keyword
+  ``extra_task_grads``, which ``weightax.mtl.fit`` draws when the aggregator's
+  ``num_extra_batches`` asks; without them the method falls back to the one
+  batch, and the table's properties are measured there, at the first update).
 - ``conflict_free``: whether the update ``u`` satisfies ``<u, g_k> >= 0`` for
   every task k: ``"yes"``, ``"no"``, ``"K = 2"`` (only with two tasks) or
   ``"yes (up to ridge)"``: ``<u, g_k> >= -reg_eps·tr(G)·w_k``, where ``w`` are
@@ -45,7 +49,8 @@ from typing import Any
 
 __all__ = ["Method", "METHODS", "NEEDS", "by_name", "hyperparameters", "markdown_table"]
 
-NEEDS = ("task_losses", "key", "Gramian", "Jacobian", "extra forward pass", "validation data")
+NEEDS = ("task_losses", "key", "Gramian", "Jacobian", "extra forward pass", "validation data",
+         "independent batches")
 CONFLICT_FREE = ("yes", "yes (up to ridge)", "K = 2", "no")
 SCALE_INVARIANT = ("yes", "direction", "no")
 PERMUTATION_INVARIANT = ("yes", "yes (up to rounding)", "in distribution")
@@ -318,6 +323,26 @@ METHODS: tuple[Method, ...] = (
              "on ½‖Yᵀλ‖² per update (the paper's Π_Δ; LibMTL's softmax with "
              "simplex=\"softmax\"). Like db_mtl, not a weighting after the first update "
              "(task_weights is NaN; λ is the state's lambdas). init needs the parameters.",
+    ),
+    Method(
+        name="sdmgrad", title="SDMGrad", paper="Xiao, Ban & Ji, NeurIPS 2023",
+        needs=("Gramian", "independent batches"), state="simplex weights w",
+        state_fields=("weights",), num_tasks="required",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="w takes 20 projected momentum steps (η = 10) on Â(w + λ/K) per update, with "
+             "Â = J_ξJ_ξ'ᵀ/s² from two extra independent batches (mtl.fit draws them); the "
+             "update applies (w + λ/K)/(1 + λ) to the step's batch. Without the extra "
+             "batches Â is the one batch's Gramian (biased by the gradient noise).",
+    ),
+    Method(
+        name="modo", title="MoDo", paper="Chen, Fernando et al., NeurIPS 2023",
+        needs=("Gramian", "independent batches"), state="simplex weights λ",
+        state_fields=("weights",), num_tasks="required",
+        conflict_free="no", scale_invariant="no", permutation_invariant="yes", weighting=True,
+        note="One step λ ← Π_Δ(λ − γ(J₁J₂ᵀλ + ρλ)) per update from two extra independent "
+             "batches (mtl.fit draws them), applied to the step's batch; without them "
+             "J₁ = J₂ is the step's batch (biased). γ = 1e-3 (LibMTL) barely moves λ at "
+             "the first step, so there the update is close to the mean gradient.",
     ),
 )
 

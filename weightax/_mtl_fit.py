@@ -115,6 +115,16 @@ def _task_weights(agg_state: Any, k: int) -> jax.Array | None:
   return w
 
 
+def _num_extra_batches(aggregator: Any, given: int | None) -> int:
+  """How many independent batches to draw per step for ``extra_task_grads``."""
+  n = getattr(aggregator, "num_extra_batches", 0) if given is None else given
+  if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+    raise ValueError(
+        f"mtl.fit: num_extra_batches must be a non-negative int (extra batches per step); got "
+        f"{n!r}.")
+  return int(n)
+
+
 def fit(
     task_losses_fn: Callable[..., tuple[jax.Array, Any]] | None,
     params: Any,
@@ -133,6 +143,7 @@ def fit(
     meta: Any = None,
     val_data: Any = None,
     val_batch_size: int | None = None,
+    num_extra_batches: int | None = None,
 ) -> MTLFitResult:
   """Trains K tasks with a weightax aggregator and an Optax optimizer in one ``lax.scan``.
 
@@ -179,6 +190,27 @@ def fit(
   computed when ``post_step_losses=False``; aggregators that do not use the
   keyword ignore it.
 
+  **Methods that need independent batches** (:func:`weightax.sdmgrad`,
+  :func:`weightax.modo`: their weights come from the product ``J₁J₂ᵀ`` of
+  two batches' Jacobians, an unbiased estimate of ``∇F∇Fᵀ`` where one
+  batch's Gramian is biased): such an aggregator says
+  ``aggregator.num_extra_batches = n``, and each step ``fit`` then draws
+  ``n`` more batches, independent of the step's batch and of each other
+  (keys from ``fold_in(step_key, 1)``, so the step's own batch, loss key and
+  aggregator key are those of every other method), evaluates
+  ``task_losses_fn`` on each at the same parameters, each with its own loss
+  key (and, with ``loss_state``, the pre-step state, its new state
+  discarded), and passes their Jacobians as the keyword
+  ``extra_task_grads`` — a tuple of ``n`` pytrees shaped like the step's
+  Jacobian, restricted to the shared leaves exactly as it is when
+  ``shared`` is given. The step's batch alone gives the recorded
+  ``task_losses``, the aux metrics and the task-specific leaves' gradients.
+  Each extra batch costs one forward and one backward pass. A wrapper such
+  as ``optax.chain`` or ``optax.inject_hyperparams`` hides the attribute:
+  then pass ``num_extra_batches=n`` to ``fit`` (it overrides the attribute;
+  ``0`` turns the extra batches off, and the aggregator falls back to the
+  one batch as its docstring says).
+
   **Meta-learned task weights** (:func:`weightax.meta.auto_lambda`): with
   ``meta=method`` and ``val_data``, pass ``task_losses_fn``, ``aggregator`` and
   ``optimizer`` as None (the method holds its losses and optimizer); each step
@@ -211,6 +243,9 @@ def fit(
     meta: a :class:`weightax.meta.MetaWeighting` of task weights (see above), or None.
     val_data: with ``meta``, the validation pytree (leading example axis).
     val_batch_size: validation examples per step (default ``batch_size``).
+    num_extra_batches: independent batches drawn per step for the keyword
+      ``extra_task_grads`` (see above); None reads
+      ``aggregator.num_extra_batches`` (0 when it has none).
 
   Returns:
     An :class:`MTLFitResult` ``(params, opt_state, aggregator_state,
@@ -243,6 +278,8 @@ def fit(
           "method holds its losses and optimizer), and no shared mask or loss_state.")
     if post_step_losses:
       raise ValueError("mtl.fit: post_step_losses does not apply to meta methods.")
+    if num_extra_batches:
+      raise ValueError("mtl.fit: num_extra_batches does not apply to meta methods.")
     (p, s), m, ev = _meta_scan(meta, params, data, val_data, key=key, num_steps=num_steps,
                               batch_size=batch_size, val_batch_size=val_batch_size,
                               eval_fn=eval_fn, eval_every=eval_every, who="mtl.fit")
@@ -252,6 +289,9 @@ def fit(
                        "task-weighting method such as wx.meta.auto_lambda.")
     return MTLFitResult(p, s, s, m, ev, None)
   gramian_free = isinstance(aggregator, GramianWeighting)
+  n_extra = _num_extra_batches(aggregator, num_extra_batches)
+  if n_extra and gramian_free:
+    raise ValueError("mtl.fit: num_extra_batches does not apply to a gramian_weighting.")
   if not gramian_free and not isinstance(aggregator, optax.GradientTransformation):
     raise TypeError(
         f"mtl.fit: `aggregator` must be a weightax aggregator (an Optax transformation) or a "
@@ -305,6 +345,14 @@ def fit(
         _select(mask, p, True), _select(mask, p, False), has_aux=True)
     return losses, aux, new_ls, jac, head_grads
 
+  def extra_jacobians(p: Any, k: jax.Array, ls: Any) -> tuple[Any, ...]:
+    """The Jacobians (shared leaves) of ``n_extra`` more batches, each its own loss key."""
+    out = []
+    for ke in jax.random.split(jax.random.fold_in(k, 1), n_extra):
+      kb, kl = jax.random.split(ke)
+      out.append(gradients(p, sample_batch(data, kb, batch_size), kl, ls)[3])
+    return tuple(out)
+
   def step(carry: Any, k: jax.Array) -> tuple[Any, Any]:
     p, s_agg, s_opt, ls, prev_after, first = carry
     kb, kl, ka = jax.random.split(k, 3)
@@ -317,6 +365,8 @@ def fit(
       extra = {}
       if post_step_losses:
         extra["post_step_losses"] = jnp.where(first, losses, prev_after)
+      if n_extra:
+        extra["extra_task_grads"] = extra_jacobians(p, k, ls)
       agg_p = p if mask is None else _select(mask, p, True)
       u, s_agg = aggregator.update(jac, s_agg, agg_p, task_losses=losses, key=ka, **extra)
       if mask is not None:

@@ -35,6 +35,7 @@ from weightax.aggregators.linear_scalarization import (
     linear_scalarization,
 )
 from weightax.aggregators.mgda import MGDAState, mgda
+from weightax.aggregators.modo import MoDoState, modo
 from weightax.aggregators.moco import MoCoState, moco
 from weightax.aggregators.nash_mtl import NashMTLState, nash_mtl
 from weightax.aggregators.pcgrad import PCGradState, pcgrad
@@ -42,6 +43,7 @@ from weightax.aggregators.random_loss_weighting import (
     RandomLossWeightingState,
     random_loss_weighting,
 )
+from weightax.aggregators.sdmgrad import SDMGradState, sdmgrad
 from weightax.aggregators.stch import STCHState, stch
 from weightax.aggregators.trimmed_mean import TrimmedMeanState, trimmed_mean
 from weightax.aggregators.uncertainty_weighting import (
@@ -111,4 +113,8 @@ __all__ = [
     "db_mtl",
     "MoCoState",
     "moco",
+    "SDMGradState",
+    "sdmgrad",
+    "MoDoState",
+    "modo",
 ]

@@ -36,8 +36,10 @@ from weightax.weightings.imtl import imtl
 from weightax.weightings.imtl_g import imtl_g
 from weightax.weightings.krum import KRUM_DISTANCES, krum
 from weightax.weightings.mgda import mgda
+from weightax.weightings.modo import modo
 from weightax.weightings.nash_mtl import nash_mtl
 from weightax.weightings.pcgrad import pcgrad, pcgrad_order
+from weightax.weightings.sdmgrad import sdmgrad
 from weightax.weightings.upgrad import UPGRAD_RIDGES, upgrad
 
 __all__ = [
@@ -60,4 +62,6 @@ __all__ = [
     "FAIRGRAD_ITERS",
     "fairgrad",
     "config",
+    "sdmgrad",
+    "modo",
 ]
