@@ -47,6 +47,8 @@ html_static_path = ["_static"]
 MARKERS = {
     "<!-- method-table -->": _methods.markdown_table,
     "<!-- method-notes -->": _methods.markdown_notes,
+    "<!-- meta-method-table -->": _methods.meta_markdown_table,
+    "<!-- meta-method-notes -->": _methods.meta_markdown_notes,
 }
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import weightax as wx
@@ -475,3 +476,151 @@ def test_readme_table_matches():
     for n in ("task_losses", "key"):
       assert (n in needs) == (n in m.needs), f"README {name}: needs {needs!r} vs {m.needs}"
     assert ("Gramian" in needs) == ("Gramian" in m.needs), f"README {name}: needs {needs!r}"
+
+
+# ------------------------------------------------------------------ meta-learned weights
+
+META_TABLE = _methods.meta_by_name()
+
+
+def _meta_factories() -> set[str]:
+  """Every public factory of ``weightax.meta`` that returns a ``MetaWeighting``."""
+  out = set()
+  for n in wx.meta.__all__:
+    obj = getattr(wx.meta, n)
+    if not inspect.isfunction(obj):
+      continue
+    ret = inspect.signature(obj).return_annotation
+    if ret in ("MetaWeighting", wx.meta.MetaWeighting):
+      out.add(n)
+  return out
+
+
+def _linear_problem():
+  """A scalar linear model: per-example squared errors, two task losses, 8 + 4 examples."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=8), jnp.float32)
+  xv = jnp.asarray(rng.normal(size=4), jnp.float32)
+  per_example = lambda p, b, k: (b[0] * p["w"] + p["z"][0] * 0.0 - b[1]) ** 2
+
+  def task_losses(p, b, k):
+    e = per_example(p, b, k)
+    return jnp.stack([jnp.mean(e), jnp.mean((b[0] * p["w"] + 1.0) ** 2)])
+
+  params = {"w": jnp.array(0.3), "z": jnp.zeros(1)}  # z: a parameter with a zero gradient
+  return params, per_example, task_losses, (x, 2.0 * x), (xv, 2.0 * xv)
+
+
+def _build(name: str, optimizer=None):
+  params, per_example, task_losses, train, val = _linear_problem()
+  opt = optimizer if optimizer is not None else optax.sgd(0.1)
+  if name == "auto_lambda":
+    method = wx.meta.auto_lambda(task_losses, opt, num_tasks=2, meta_lr=0.01)
+  elif name == "meta_weight_net":
+    method = wx.meta.meta_weight_net(per_example, opt, inner_lr=0.1)
+  else:
+    method = getattr(wx.meta, name)(per_example, opt)
+  return method, params, train, val
+
+
+def test_every_meta_method_is_in_the_meta_table():
+  assert _meta_factories() == set(META_TABLE), (
+      f"weightax.meta factories without a row in _methods.META_METHODS: "
+      f"{sorted(_meta_factories() - set(META_TABLE))}; rows without a factory: "
+      f"{sorted(set(META_TABLE) - _meta_factories())}")
+  assert not set(META_TABLE) & set(TABLE)  # one table per method
+
+
+@pytest.mark.parametrize("name", sorted(META_TABLE))
+def test_meta_state_fields_and_recorded_weights(name):
+  m = META_TABLE[name]
+  method, params, train, val = _build(name)
+  state = method.init(params)
+  assert type(state)._fields == m.state_fields
+  _, _, metrics = method.step(params, state, train, val, jax.random.key(0))
+  if m.weights == "task":
+    assert metrics["task_weights"].shape == (2,) and "example_weights" not in metrics
+  else:
+    assert metrics["example_weights"].shape == (8,) and "task_weights" not in metrics
+
+
+@pytest.mark.parametrize("name", sorted(META_TABLE))
+def test_meta_weights_depend_on_the_validation_batch(name):
+  """"needs validation data": another validation batch gives other weights."""
+  m = META_TABLE[name]
+  method, params, train, (xv, yv) = _build(name)
+  key = "task_weights" if m.weights == "task" else "example_weights"
+  w = [np.asarray(method.step(params, method.init(params), train, v, jax.random.key(0))[2][key])
+       for v in ((xv, yv), (xv, -yv))]
+  assert np.abs(w[0] - w[1]).max() > 1e-4, w
+
+
+@pytest.mark.parametrize("name", sorted(META_TABLE))
+def test_meta_runs_in_its_loop_and_needs_val_data(name):
+  m = META_TABLE[name]
+  method, params, train, val = _build(name)
+  loop = wx.mtl.fit if m.fit == "weightax.mtl.fit" else wx.fit
+  args = (None, params, None, None, train) if loop is wx.mtl.fit else (None, params, None, train)
+  kw = {"key": jax.random.key(1), "num_steps": 4, "batch_size": 8}
+  res = loop(*args, meta=method, val_data=val, val_batch_size=4, **kw)
+  key = "task_weights" if m.weights == "task" else "example_weights"
+  assert res.step_metrics[key].shape == ((4, 2) if m.weights == "task" else (4, 8))
+  assert np.all(np.isfinite(res.step_metrics[key]))
+  with pytest.raises(ValueError, match="val_data"):
+    loop(*args, meta=method, **kw)
+  if m.weights == "example":  # a per-example method is refused where task weights are needed
+    with pytest.raises(ValueError, match="task_weights"):
+      wx.mtl.fit(None, params, None, None, train, meta=method, val_data=val, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(META_TABLE))
+def test_meta_hyperparameters_are_the_signature(name):
+  hp = _methods.meta_hyperparameters(META_TABLE[name])
+  sig = inspect.signature(getattr(wx.meta, name)).parameters
+  assert set(hp) == set(sig) - {"loss_fn", "task_losses_fn", "optimizer", "num_tasks"}
+  doc = inspect.getdoc(getattr(wx.meta, name))
+  for p, default in hp.items():
+    assert sig[p].kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {p} is not keyword-only"
+    assert sig[p].default is default
+    assert re.search(rf"^\s+{p}:", doc, re.M), f"{name}'s docstring does not describe {p}"
+
+
+def test_meta_notes_l2rw_and_mwn_weights():
+  """The notes: L2RW's weights sum to 1 per batch, or are all 0 when no example agrees with
+  the validation gradient; MW-Net's lie in (0, 1) and are not normalised."""
+  method, params, train, (xv, yv) = _build("learning_to_reweight")
+  x, y = train
+  mixed = (x, y.at[:3].set(-y[:3]))  # three corrupted examples
+  w = np.asarray(method.step(params, method.init(params), mixed, (xv, yv),
+                             jax.random.key(0))[2]["example_weights"])
+  assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-6 and np.all(w[:3] == 0) and w[3:].min() > 0
+  # At w = 0 every training gradient -4x²(target 2x) opposes the validation gradient of the
+  # target -2x (+4x²): every u_i < 0, so every weight is 0.
+  zero = {"w": jnp.array(0.0), "z": jnp.zeros(1)}
+  w0 = np.asarray(method.step(zero, method.init(zero), train, (xv, -yv),
+                              jax.random.key(0))[2]["example_weights"])
+  np.testing.assert_array_equal(w0, 0.0)
+  method, params, train, val = _build("meta_weight_net")
+  w = np.asarray(method.step(params, method.init(params), train, val,
+                             jax.random.key(0))[2]["example_weights"])
+  assert np.all((w > 0) & (w < 1)) and abs(w.sum() - 1) > 1e-3
+
+
+def test_meta_note_auto_lambda_through_adam_needs_eps_root():
+  """The note: through optax.adam with eps_root = 0, a parameter with an exactly zero gradient
+  (``z`` here) makes λ NaN; eps_root = 1e-16 keeps it finite."""
+  for eps_root, finite in ((0.0, False), (1e-16, True)):
+    method, params, train, val = _build("auto_lambda", optax.adam(1e-3, eps_root=eps_root))
+    p, s = params, method.init(params)
+    for _ in range(2):
+      p, s, m = method.step(p, s, train, val, jax.random.key(0))
+    assert bool(np.all(np.isfinite(m["task_weights"]))) == finite, (eps_root, m)
+
+
+def test_readme_holds_the_generated_meta_table():
+  text = (ROOT / "README.md").read_text()
+  table = _methods.meta_markdown_table(roles=False)
+  assert table in text, "README.md: regenerate the meta table with " \
+      "weightax._methods.meta_markdown_table(roles=False)"
+  for name in META_TABLE:  # and the documentation's version names every method
+    assert f"weightax.meta.{name}`" in _methods.meta_markdown_table()

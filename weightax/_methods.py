@@ -39,6 +39,11 @@ Vocabulary of the columns:
 - ``weighting``: whether the update is ``Σ_k w_k g_k`` with weights computed
   from ``G``, the losses and the state (so it lies in the span of the task
   gradients and rotates with them).
+
+The meta-learned weightings of :mod:`weightax.meta` are not aggregators (they
+take whole training steps, not per-task gradients) and have their own table,
+:data:`META_METHODS` (:func:`meta_markdown_table`), with what each needs: a
+validation set (``val_data=``) and ``meta=`` in the training loop that runs it.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ import dataclasses
 import inspect
 from typing import Any
 
-__all__ = ["Method", "METHODS", "NEEDS", "by_name", "hyperparameters", "markdown_table"]
+__all__ = ["Method", "METHODS", "NEEDS", "by_name", "hyperparameters", "markdown_table",
+           "MetaMethod", "META_METHODS", "meta_by_name", "meta_hyperparameters",
+           "meta_markdown_table"]
 
 NEEDS = ("task_losses", "key", "Gramian", "Jacobian", "extra forward pass", "validation data",
          "independent batches")
@@ -399,4 +406,122 @@ def markdown_table(methods: tuple[Method, ...] = METHODS) -> str:
 
 def markdown_notes(methods: tuple[Method, ...] = METHODS) -> str:
   """The per-method notes of the table as a Markdown list."""
+  return "".join(f"- `{m.name}`: {m.note}\n" for m in methods if m.note)
+
+
+# ------------------------------------------------------------------ meta-learned weights
+
+META_WEIGHTS = ("task", "example")
+META_LOOPS = ("weightax.fit", "weightax.mtl.fit")
+# Arguments of a meta factory that are the problem, not hyperparameters of the method.
+_META_NOT_HYPERPARAMETERS = ("loss_fn", "task_losses_fn", "optimizer", "num_tasks")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaMethod:
+  """One row of the table of meta-learned weightings (:mod:`weightax.meta`).
+
+  Every one needs validation batches (``val_data=``) and runs as ``meta=`` in the
+  loop named by ``fit``; ``tests/test_method_table.py`` checks each field against
+  the code.
+  """
+
+  name: str  # the factory, ``weightax.meta.<name>``
+  title: str  # the method's usual name
+  paper: str  # first author(s), venue and year
+  weights: str  # "task": λ [K] in the step's metrics["task_weights"]; "example": [B] in
+  # metrics["example_weights"]
+  fit: str  # the loop that runs it with ``meta=`` and ``val_data=``
+  validation: str  # what its validation data should be
+  state: str  # what the state keeps between steps
+  state_fields: tuple[str, ...]  # the fields of its ``...State``
+  note: str = ""
+
+  def __post_init__(self) -> None:
+    for field, allowed in (("weights", META_WEIGHTS), ("fit", META_LOOPS)):
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"{self.name}: {field} must be one of {allowed}; "
+                         f"got {getattr(self, field)!r}.")
+
+
+META_METHODS: tuple[MetaMethod, ...] = (
+    MetaMethod(
+        name="auto_lambda", title="Auto-λ", paper="Liu et al., TMLR 2022",
+        weights="task", fit="weightax.mtl.fit",
+        validation="batches of the primary tasks, held out from training (the reference draws "
+                   "them from the training set)",
+        state="the task optimizer's state, λ, λ's optimizer state",
+        state_fields=("opt_state", "task_weights", "meta_opt_state"),
+        note="λ follows the exact gradient of the primary tasks' validation loss through one "
+             "virtual step of the task optimizer (the reference: a finite difference). "
+             "Through optax.adam, pass eps_root > 0 (e.g. 1e-16): with the default 0, a "
+             "parameter whose gradient is exactly zero makes λ NaN.",
+    ),
+    MetaMethod(
+        name="learning_to_reweight", title="L2RW", paper="Ren et al., ICML 2018",
+        weights="example", fit="weightax.fit",
+        validation="a small clean (correctly labelled, balanced) set",
+        state="the model optimizer's state", state_fields=("opt_state",),
+        note="w_i ∝ max(0, ∇ℓ_i · ∇L_val), normalised to sum 1 in each batch (all zero when "
+             "no example agrees with the validation gradient); no state of its own.",
+    ),
+    MetaMethod(
+        name="meta_weight_net", title="Meta-Weight-Net", paper="Shu et al., NeurIPS 2019",
+        weights="example", fit="weightax.fit",
+        validation="a small clean (correctly labelled, balanced) set",
+        state="the model optimizer's state, the weighting MLP, its optimizer state",
+        state_fields=("opt_state", "vnet", "meta_opt_state"),
+        note="An MLP (1 → hidden → 1, sigmoid) maps each example's loss to its weight in "
+             "(0, 1), not normalised; trained by the one-step lookahead.",
+    ),
+)
+
+
+def meta_by_name() -> dict[str, MetaMethod]:
+  """The meta table as a dict keyed by the factory's name."""
+  return {m.name: m for m in META_METHODS}
+
+
+def meta_hyperparameters(method: MetaMethod) -> dict[str, Any]:
+  """The meta factory's keyword hyperparameters and defaults (``inspect.Parameter.empty`` for
+  a required one), read from ``weightax.meta.<name>``'s signature."""
+  from weightax import meta
+
+  sig = inspect.signature(getattr(meta, method.name))
+  return {
+      p.name: p.default
+      for p in sig.parameters.values()
+      if p.name not in _META_NOT_HYPERPARAMETERS
+  }
+
+
+def meta_markdown_table(methods: tuple[MetaMethod, ...] = META_METHODS, *,
+                        roles: bool = True) -> str:
+  """The table of meta-learned weightings as Markdown.
+
+  Args:
+    methods: the rows.
+    roles: name each method with a Sphinx ``{func}`` role (the documentation); False gives
+      plain code spans (the README, which holds exactly this table).
+  """
+  header = (
+      "| method | paper | weights | needs | runs as | hyperparameters (defaults) | state |\n"
+      "|---|---|---|---|---|---|---|\n"
+  )
+  rows = []
+  for m in methods:
+    hp = meta_hyperparameters(m)
+    hp_text = ", ".join(f"`{k}={_format_default(v)}`" for k, v in hp.items()) or "—"
+    name = (f"{{func}}`~weightax.meta.{m.name}`" if roles else f"`{m.name}`") + f" ({m.title})"
+    weights = ("per task (`task_weights` [K])" if m.weights == "task"
+               else "per example (`example_weights` [B])")
+    rows.append("| " + " | ".join(_cell(c) for c in (
+        name, m.paper, weights, f"validation data (`val_data=`): {m.validation}",
+        f"`{m.fit}(..., meta=method, val_data=...)`", hp_text, m.state,
+    )) + " |")
+  return header + "\n".join(rows) + "\n"
+
+
+def meta_markdown_notes(methods: tuple[MetaMethod, ...] = META_METHODS) -> str:
+  """The meta methods' notes as a Markdown list."""
   return "".join(f"- `{m.name}`: {m.note}\n" for m in methods if m.note)
