@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile --doctest-modules tests weightax
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --doctest-modules tests weightax
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
