@@ -10,11 +10,16 @@ the sum of the two (mean absolute error; trained with an L1 loss).
 Every aggregator in ``weightax.aggregators`` (found by enumerating the
 package, each with its default hyperparameters, built with ``num_tasks=3``)
 trains the shared trunk through ``weightax.mtl.fit``; the heads get their own
-task's gradient. Single-task learning (STL: one model per task, same trunk
-and optimizer) gives the baselines. Each method's seeds (and, with
-``--sensitivity``, its hyperparameter values) run as ONE ``weightax.sweep``:
-one compiled program per method, since under ``vmap`` a ``lax.switch`` over
-methods would run every branch.
+task's gradient. Auto-λ (``weightax.meta.auto_lambda``, meta-learned task
+weights, its defaults) trains through ``mtl.fit(meta=..., val_data=...)``: it
+holds out a fraction of the *training* images (``--meta-val-fraction``, 10%)
+as its meta-validation set, draws one batch of it per step, and trains the
+whole network on ``Σ_k λ_k L_k`` from the remaining images (the benchmark's
+validation split stays reserved for model selection). Single-task learning
+(STL: one model per task, same trunk and optimizer) gives the baselines.
+Each method's seeds (and, with ``--sensitivity``, its hyperparameter values)
+run as ONE ``weightax.sweep``: one compiled program per method, since under
+``vmap`` a ``lax.switch`` over methods would run every branch.
 
 Model selection: the evaluation step with the best validation Δm (each STL
 model: its task's best validation metric). Reported: test metrics per task,
@@ -57,6 +62,9 @@ STL = "single_task"
 NUM_TASKS = len(TASKS)
 OUT_SIZES = (10, 10, 1)
 SHARED = {"trunk": True, "heads": False}  # a prefix mask: the trunk is shared, the heads are not
+# Meta-learned task weights (weightax.meta), run through mtl.fit(meta=..., val_data=...).
+META_METHODS: dict[str, Callable[..., Any]] = {"auto_lambda": wx.meta.auto_lambda}
+META_EPS_ROOT = 1e-16  # Adam's eps_root for the meta methods (see make_meta_train)
 
 # The main hyperparameter of each method that has one, and the values --sensitivity runs.
 SENSITIVITY: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -93,6 +101,28 @@ def library_methods() -> dict[str, Callable[..., Any]]:
   return dict(sorted(out.items()))
 
 
+def all_methods() -> list[str]:
+  """The benchmark's methods: every library aggregator, then the meta-learned ones."""
+  return [*library_methods(), *META_METHODS]
+
+
+def meta_split(n_train: int, fraction: float) -> tuple[slice, slice]:
+  """``(train, meta-validation)`` slices of the training images for a meta method.
+
+  The last ``round(fraction · n_train)`` images (the images are drawn in random order,
+  so this is a random subset) are held out; ``fraction = 0`` holds out nothing and the
+  meta-validation batches come from the training images themselves (the Auto-Lambda
+  reference code's second shuffled pass over the training set).
+  """
+  n_val = int(round(fraction * n_train))
+  if n_val == 0:
+    return slice(0, n_train), slice(0, n_train)
+  if n_val >= n_train:
+    raise ValueError(f"meta_split: holding out {n_val} of {n_train} training images leaves "
+                     "none to train on; expected 0 <= fraction < 1.")
+  return slice(0, n_train - n_val), slice(n_train - n_val, n_train)
+
+
 def method_needs(name: str) -> tuple[str, ...]:
   """What the method needs besides its gradients, from the library's method table if present."""
   try:
@@ -106,10 +136,12 @@ def method_needs(name: str) -> tuple[str, ...]:
 
 
 def default_hyperparameters(factory: Callable[..., Any]) -> dict[str, Any]:
-  """The factory's keyword defaults other than ``num_tasks`` and ``shared``."""
+  """The factory's keyword defaults other than ``num_tasks``, ``shared`` and the (meta)
+  optimizer replacing the default one."""
   out = {}
   for p in inspect.signature(factory).parameters.values():
-    if p.name in ("num_tasks", "shared") or p.default is inspect.Parameter.empty:
+    if (p.name in ("num_tasks", "shared", "meta_optimizer")
+        or p.default is inspect.Parameter.empty):
       continue
     d = p.default
     out[p.name] = d if isinstance(d, int | float | bool | str | type(None)) else repr(d)
@@ -117,7 +149,7 @@ def default_hyperparameters(factory: Callable[..., Any]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  methods = list(library_methods())
+  methods = all_methods()
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
       formatter_class=_report.HelpFormatter,
@@ -125,8 +157,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--out", default=None,
                  help="output directory (default: runs/multidigits/<UTC time>)")
   p.add_argument("--methods", default="all",
-                 help=f"comma-separated subset of the library's aggregators {methods}, or 'all'; "
-                      "the single-task baselines always run")
+                 help=f"comma-separated subset of the library's aggregators and meta methods "
+                      f"{methods}, or 'all'; the single-task baselines always run")
   p.add_argument("--seeds", type=int, default=3, help="seeds (initialisation and batches)")
   p.add_argument("--steps", type=int, default=2000, help="optimizer steps per run")
   p.add_argument("--eval-every", type=int, default=100,
@@ -136,6 +168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--n-train", type=int, default=6000, help="training images")
   p.add_argument("--n-val", type=int, default=1000, help="validation images")
   p.add_argument("--n-test", type=int, default=2000, help="test images")
+  p.add_argument("--meta-val-fraction", type=float, default=0.1,
+                 help=f"fraction of the training images {sorted(META_METHODS)} hold out as their "
+                      "meta-validation set (0: draw it from the training images themselves)")
   p.add_argument("--canvas", type=int, default=12, help="image side (even, >= 8 + max shift)")
   p.add_argument("--max-shift", type=int, default=1,
                  help="largest shift of a digit from its corner towards the centre, in pixels")
@@ -161,6 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [m for m in args.methods if m not in methods]
     if not args.methods or bad:
       p.error(f"--methods: expected 'all' or a subset of {methods}; unknown {bad}")
+  args.meta_methods = [m for m in args.methods if m in META_METHODS]
   try:
     args.channels = tuple(int(c) for c in args.channels.split(","))
   except ValueError as e:
@@ -174,6 +210,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.error(f"--seeds must be positive; got {args.seeds}")
   if args.canvas % 2 or args.canvas < 8 + args.max_shift:
     p.error(f"--canvas must be even and at least 8 + --max-shift; got {args.canvas}")
+  if not 0 <= args.meta_val_fraction < 1:
+    p.error(f"--meta-val-fraction must be in [0, 1); got {args.meta_val_fraction}")
+  tr, va = meta_split(args.n_train, args.meta_val_fraction)
+  args.n_meta_train, args.n_meta_val = tr.stop - tr.start, va.stop - va.start
   return args
 
 
@@ -196,6 +236,9 @@ class Problem:
     as_tuple = lambda s: (jnp.asarray(s.x), jnp.asarray(s.left), jnp.asarray(s.right),
                           jnp.asarray(s.sum))
     self.train, self.val, self.test = as_tuple(tr), as_tuple(va), as_tuple(te)
+    m_tr, m_va = meta_split(len(tr.x), args.meta_val_fraction)
+    self.meta_train = tuple(a[m_tr] for a in self.train)
+    self.meta_val = tuple(a[m_va] for a in self.train)
     self.args = args
 
   def init(self, key: jax.Array):
@@ -251,6 +294,37 @@ def make_train(problem: Problem, factory: Callable[..., Any] | None, hp_names: t
   return train
 
 
+def make_meta_train(problem: Problem, builder: Callable[..., Any]):
+  """``train(hparams, key)`` for a meta-learned task weighting (``weightax.meta.auto_lambda``).
+
+  The method holds the losses and the optimizer (the benchmark's Adam), updates every
+  parameter with ``Σ_k λ_k ∇L_k`` (no shared mask: each head gets ``λ_k ∇L_k``), and draws
+  its training batches from ``problem.meta_train`` and its meta-validation batches (same
+  size) from ``problem.meta_val``; ``mtl.fit`` records λ as ``task_weights``.
+  """
+  args = problem.args
+
+  def train(hp: dict[str, jax.Array], key: jax.Array) -> dict[str, Any]:
+    del hp
+    k_init, k_fit = jax.random.split(key)
+    params, apply = problem.init(k_init)
+    # The virtual step is differentiated through Adam: with Optax's default eps_root = 0, the
+    # derivative of sqrt(ν̂) at a parameter whose gradient is exactly 0 (a dead ReLU unit's
+    # weights) is inf · 0 = NaN, and λ turns NaN. A tiny eps_root (Optax's option for
+    # meta-gradients through Adam) keeps it finite; its effect on the step is below float32's
+    # resolution wherever ν̂ > 1e-9.
+    method = builder(lambda p, b, k: problem.losses(apply, p, b),
+                     optax.adam(args.lr, eps_root=META_EPS_ROOT), num_tasks=NUM_TASKS)
+    res = wx.mtl.fit(None, params, None, None, problem.meta_train, key=k_fit,
+                     num_steps=args.steps, batch_size=args.batch_size, meta=method,
+                     val_data=problem.meta_val, eval_fn=lambda p: problem.evaluate(apply, p),
+                     eval_every=args.eval_every)
+    return {"eval": res.eval_metrics, "task_losses": res.step_metrics["task_losses"],
+            "task_weights": res.step_metrics["task_weights"]}
+
+  return train
+
+
 def _load() -> str:
   try:
     return "load average (1/5/15 min) " + " / ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -296,6 +370,16 @@ def main(argv: list[str] | None = None) -> Path:
   print("methods (default hyperparameters):", file=sys.stderr, flush=True)
   hyper: dict[str, dict[str, Any]] = {}
   for name in args.methods:
+    if name in META_METHODS:
+      try:
+        runs[name], timings[name] = run_sweep(
+            name, make_meta_train(problem, META_METHODS[name]), {}, args.seeds)
+      except Exception as e:  # noqa: BLE001 - reported in summary.md and by the exit status
+        failed[name] = f"{type(e).__name__}: {e}"
+        print(f"  {name} FAILED: {failed[name]}", file=sys.stderr, flush=True)
+        continue
+      hyper[name] = default_hyperparameters(META_METHODS[name])
+      continue
     factory = factories[name]
     needs = method_needs(name)
     if "validation data" in needs:

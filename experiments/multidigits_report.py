@@ -162,7 +162,8 @@ def reading(a: dict[str, Any], *, seeds: int, timings: dict[str, Any],
       f"- **Best mean Δm%: `{best}`** ({_pm(m[best]['delta_m'], m[best]['delta_m_std'])}); "
       f"lowest: `{worst}` ({_pm(m[worst]['delta_m'], m[worst]['delta_m_std'])}).",
       f"- Against single-task learning (95% t-interval of the per-seed Δm difference, "
-      f"{seeds} seeds paired by initialisation and batches): "
+      f"{seeds} seeds paired by initialisation and, except for the meta-learned methods, "
+      "batches): "
       f"{len(better)} better ({', '.join(f'`{n}`' for n in better) or 'none'}), "
       f"{len(worse)} worse ({', '.join(f'`{n}`' for n in worse) or 'none'}), "
       f"{len(ties)} not distinguishable from it"
@@ -202,8 +203,9 @@ def reading(a: dict[str, Any], *, seeds: int, timings: dict[str, Any],
   return lines
 
 
-def weight_notes(runs: dict[str, Any]) -> dict[str, str]:
-  """Methods that record no weights (NaN), from the run's own ``task_weights``."""
+def weight_notes(runs: dict[str, Any], meta: tuple[str, ...] = ()) -> dict[str, str]:
+  """Methods that record no weights (NaN), and where the meta-learned weights ended, from the
+  runs' own ``task_weights``."""
   notes = {}
   for n, res in runs.items():
     if n == STL:
@@ -211,7 +213,43 @@ def weight_notes(runs: dict[str, Any]) -> dict[str, str]:
     w = np.asarray(res.metrics["task_weights"])
     if not np.isfinite(w).any():
       notes[n] = "records no task weights (NaN): its update is not a weighting of the gradients."
+    elif n in meta:
+      first, last = w[:, 0].mean(axis=0), w[:, -1].mean(axis=0)  # [T], mean over seeds
+      ratio = float(np.max(last) / np.min(last)) if np.min(last) > 0 else math.nan
+      notes[n] = (
+          "its learned λ (mean over seeds) went from "
+          + ", ".join(f"{t} {v:.4g}" for t, v in zip(TASKS, first, strict=True))
+          + " after the first step to "
+          + ", ".join(f"{t} {v:.4g}" for t, v in zip(TASKS, last, strict=True))
+          + f" at the last; largest / smallest at the last step: {_report.fmt(ratio, '.3f')}.")
   return notes
+
+
+def meta_paragraph(args: Any, names: list[str]) -> list[str]:
+  """How the meta-learned methods (Auto-λ) were trained: their meta-validation data."""
+  if not names:
+    return []
+  listed = ", ".join(f"`{n}`" for n in names)
+  if args.n_meta_val == args.n_train:
+    data = ("draws its meta-validation batches from the training images themselves (the "
+            "Auto-Lambda reference code's second shuffled pass over the training set; "
+            "`--meta-val-fraction 0`)")
+  else:
+    data = (f"holds out {args.n_meta_val} of the {args.n_train} training images "
+            f"(`--meta-val-fraction {args.meta_val_fraction:g}`) as its meta-validation set "
+            f"and trains on the other {args.n_meta_train}; the validation split above is "
+            "used for model selection only, as for every other method")
+  return [
+      f"Meta-learned task weights ({listed}, `weightax.meta`, trained through "
+      f"`weightax.mtl.fit(meta=..., val_data=...)`, with its library defaults): {data}. Each "
+      "step it updates λ by the exact gradient of the (all-task) meta-validation loss through "
+      "one virtual Adam step (the benchmark's Adam with `eps_root=1e-16`, without which a "
+      "parameter with an exactly zero gradient makes the meta-gradient NaN), then trains the "
+      "whole network on Σ_k λ_k L_k (no shared mask: "
+      "each head gets λ_k ∇L_k). Its batches differ from the other methods' (the same seeds "
+      "give the same initialisation).",
+      "",
+  ]
 
 
 def markdown(a: dict[str, Any], *, args: Any, timings: dict[str, Any], hyper: dict[str, Any],
@@ -233,6 +271,7 @@ def markdown(a: dict[str, Any], *, args: Any, timings: dict[str, Any], hyper: di
       f"{args.steps} steps of {args.batch_size} images, {args.seeds} seeds. The aggregators "
       "combine the per-task gradients of the trunk; each head gets its own task's gradient.",
       "",
+      *meta_paragraph(args, [n for n in a["order"] if n in getattr(args, "meta_methods", ())]),
       f"Model selection on the validation split, at the evaluation (every {args.eval_every} "
       "steps) with the best validation Δm% against the single-task validation metrics "
       "(single-task models: their task's best validation metric). "
@@ -379,7 +418,7 @@ def write_all(out_dir: Path, *, args: Any, runs: dict[str, Any], timings: dict[s
   import multidigits_plots as plots
 
   a = analyse(runs, eval_every=args.eval_every, sensitivity=sensitivity)
-  notes = weight_notes(runs)
+  notes = weight_notes(runs, tuple(getattr(args, "meta_methods", ())))
   write_results_csv(out_dir / "results.csv", a)
   write_weights_csv(out_dir / "weights.csv", runs)
   summary = summary_json(a, args=args, timings=timings, hyper=hyper, skipped=skipped,
