@@ -124,6 +124,23 @@ def gramian(task_grads: Any, *, dtype: Any = jnp.float32) -> jax.Array:
   k = num_tasks(task_grads)
   out = jnp.zeros((k, k), dtype)
   for leaf in jax.tree.leaves(task_grads):
-    flat = jnp.reshape(leaf, (k, -1)).astype(dtype)
+    flat = _task_rows(leaf, k).astype(dtype)
     out = out + flat @ flat.T
   return out
+
+
+def _task_rows(leaf: jax.Array, k: int) -> jax.Array:
+  """A ``[K, ...]`` Jacobian leaf as ``[K, n]`` rows, its entries in the order XLA stores them.
+
+  Every use of the rows here (inner products between tasks, the largest
+  magnitude) is the same whatever the order of the entries within a row, as
+  long as all rows share it. Under the vmapped VJP of
+  :func:`value_and_jacobian`, a dense layer's ``[K, in, out]`` weight
+  Jacobian is computed as the transposed product (``δ_kᵀ x`` per task) and
+  stored as ``[K, out, in]``: reading it in that order is a free reshape,
+  while the ``[K, in, out]`` order costs a transposed copy of the whole leaf
+  (the largest array of the step). Other leaves are read in their own order.
+  """
+  if jnp.ndim(leaf) == 3:
+    leaf = jnp.swapaxes(leaf, 1, 2)
+  return jnp.reshape(leaf, (k, -1))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from weightax.jacobian import _task_rows
 from weightax.jacobian import gramian as _gramian
 from weightax.jacobian import num_tasks as _num_tasks
 
@@ -228,7 +229,14 @@ def combine(task_grads: Any, weights: jax.Array) -> Any:
 
   def one(g: jax.Array) -> jax.Array:
     acc = jnp.promote_types(g.dtype, jnp.float32)
-    out = jnp.tensordot(weights.astype(acc), g.astype(acc), axes=1)
+    if g.ndim == 3:
+      # A dense layer's weight Jacobian is stored as [K, out, in] (see
+      # weightax.jacobian._task_rows): combining in that order and transposing the
+      # [out, in] result copies a K-th of what transposing the Jacobian would.
+      out = jnp.swapaxes(jnp.tensordot(weights.astype(acc), jnp.swapaxes(g, 1, 2).astype(acc),
+                                       axes=1), 0, 1)
+    else:
+      out = jnp.tensordot(weights.astype(acc), g.astype(acc), axes=1)
     return out.astype(g.dtype)
 
   return jax.tree.map(one, task_grads)
@@ -276,14 +284,19 @@ def _rescue_gramian(g: jax.Array, shared_grads: Any) -> tuple[jax.Array, jax.Arr
 
   The common case costs one Gramian: the extra passes over the gradients (their
   largest magnitude, the division) run only under ``lax.cond`` when ``G`` over-
-  or underflowed. (Under ``vmap`` the cond becomes a select and both run.)
+  or underflowed. (Under ``vmap`` the cond becomes a select and both run.) The
+  cond receives the gradients as the ``[K, n]`` rows of the Gramian
+  (``_task_rows``), which XLA passes without a copy; the leaves themselves, in a
+  transposed layout, were copied whole into the cond on every step.
   """
   top = jnp.max(jnp.diagonal(g))
   bad = ~jnp.all(jnp.isfinite(g)) | (top < _TINY_GRAMIAN)
+  k = g.shape[0]
+  rows = [_task_rows(x, k) for x in jax.tree.leaves(shared_grads)]
 
   def rescaled(_: Any) -> tuple[jax.Array, jax.Array]:
-    scale = _pow2_scale(shared_grads)
-    return _gramian(jax.tree.map(lambda x: x.astype(jnp.float32) / scale, shared_grads)), scale
+    scale = _pow2_scale(rows)
+    return _gramian([x.astype(jnp.float32) / scale for x in rows]), scale
 
   def plain(_: Any) -> tuple[jax.Array, jax.Array]:
     # ones_like(top), not a constant: inside shard_map both branches must vary alike.
