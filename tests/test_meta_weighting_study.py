@@ -137,7 +137,7 @@ def test_default_run_conclusions(tmp_path):
   the per-seed accuracies of results.csv (scipy's t-interval), and the study's conclusions
   hold: logit adjustment and class-balanced CE beat CE on long-tailed digits (rho = 100), L2RW
   loses there but beats CE on noisy labels, where it gives corrupted labels less weight.
-  Measured: 77 s of CPU for the run (about 2 min wall on an idle 2-core machine)."""
+  Measured: 81 s of CPU for the whole test (7 min wall at load average 18 on 2 cores)."""
   out = tmp_path / "run"
   summary = study.main(["--out", str(out)])
   rows = list(csv.DictReader(open(out / "results.csv")))

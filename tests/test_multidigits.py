@@ -445,8 +445,8 @@ def test_default_run_conclusions_on_a_subset(tmp_path):
   than single-task learning, Krum the lowest; UPGrad and Auto-λ are the best two of the
   subset. Their order (Δm% about -2.6 to -2.9 each, seed std up to 0.8) and their own verdicts
   (UPGrad's 95% interval reaches about +0.1) sit within seed noise and are only re-derived,
-  not pinned. Measured: 205 s of CPU, 13.5 min wall at load average 18 on 2 cores (about
-  3.5 min on an idle machine)."""
+  not pinned. Measured twice: 195 and 205 s of CPU (11 and 13.5 min wall at load average 18
+  on 2 cores)."""
   import multidigits
   from scipy import stats
 
