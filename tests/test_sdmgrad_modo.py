@@ -396,3 +396,36 @@ def test_fit_is_the_documented_loop(name):
                    shared=shared, num_extra_batches=0)
   assert np.abs(np.asarray(off.step_metrics["task_weights"])
                 - np.asarray(res.step_metrics["task_weights"])).max() > 1e-4
+
+
+def test_projection_keeps_the_unit_sum_at_any_magnitude():
+  """Duchi's projection of v is that of v + c·1; in float32 an unshifted cumsum - 1 loses the
+  1 at |v| ~ 3e7 (all weights came out 0). Expected values: the exact rational projection."""
+  from weightax.weightings.sdmgrad import project_simplex
+
+  for v in ([3e7, 1e7, -2e7], [1e10, 1e10 - 1024.0, -3e10], [-5e9, -5e9, 2.0], [0.2, 0.3, 0.1]):
+    got = np.asarray(project_simplex(jnp.asarray(v, jnp.float32)), np.float64)
+    # the float32 input, projected exactly
+    want = [float(x) for x in _proj_simplex_exact(
+        [Fraction(float(x)) for x in np.asarray(v, np.float32)])]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert abs(got.sum() - 1.0) < 1e-6
+
+
+def test_sdmgrad_with_a_non_positive_cross_diagonal_stays_on_the_simplex():
+  """Extras (J, -J): diag(J_ξ J_ξ'ᵀ) <= 0, so the normaliser is 1e-8 and the iterates reach
+  ~1e10. The weights must still be the float64 algorithm's, on the simplex."""
+  rng = np.random.default_rng(3)
+  j = rng.normal(size=(3, 6)).astype(np.float32)
+  tx = wx.sdmgrad(num_tasks=3)
+  state = tx.init(None)
+  u, state = jax.jit(lambda g, e1, e2, s: tx.update({"w": g}, s, extra_task_grads=(
+      {"w": e1}, {"w": e2})))(j, j, -j, state)
+  w_got = np.asarray(state.weights, np.float64)
+  u_ref, w_ref = sdmgrad_ref(j.astype(np.float64), j.astype(np.float64), -j.astype(np.float64),
+                             np.full(3, 1.0 / 3.0))
+  assert abs(w_got.sum() - 1.0) < 1e-6 and np.all(w_got >= 0), w_got
+  np.testing.assert_allclose(w_got, w_ref, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(u["w"], np.float64), u_ref, rtol=1e-5, atol=1e-6)
+  tw = np.asarray(state.task_weights, np.float64)
+  assert abs(tw.sum() - 1.0) < 1e-5, tw  # the docstring's promise: task weights sum to 1

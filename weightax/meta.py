@@ -353,10 +353,10 @@ def auto_lambda(
   to that state): for ``optax.chain(optax.add_decayed_weights(wd), optax.sgd(α, momentum=μ))``
   it is the reference's :math:`\\theta - \\alpha(\\mu\\, buf + \\nabla + wd\\,\\theta)`;
   other optimisers (Adam) are differentiated through in the same way. An optimiser whose
-  update divides by :math:`\sqrt{\hat\nu}` needs a positive ``eps_root`` (e.g.
+  update divides by :math:`\\sqrt{\\hat\\nu}` needs a positive ``eps_root`` (e.g.
   ``optax.adam(lr, eps_root=1e-16)``): with ``eps_root=0`` a parameter whose gradient is
   exactly zero (a dead ReLU unit, an unused head) makes the derivative of
-  :math:`\sqrt{\hat\nu}` infinite times zero, so λ becomes NaN. The NaN is not hidden.
+  :math:`\\sqrt{\\hat\\nu}` infinite times zero, so λ becomes NaN. The NaN is not hidden.
 
   **Departure from the reference**: the reference approximates
   :math:`\\nabla_\\lambda L_{val}` by a central finite difference of the training gradient

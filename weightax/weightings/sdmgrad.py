@@ -22,7 +22,9 @@ def project_simplex(v: jax.Array) -> jax.Array:
 
   with ``u`` the entries of ``v`` sorted in decreasing order (Duchi et al.,
   ICML 2008), the algorithm of LibMTL's SDMGrad and MoDo. Entries equal to
-  ``-inf`` are allowed (they get 0) as long as one entry is finite.
+  ``-inf`` are allowed (they get 0) as long as one entry is finite. ``v`` is first
+  shifted by its largest entry (the projection does not change), so entries of any
+  magnitude keep the unit sum.
 
   Args:
     v: ``[K]`` vector.
@@ -37,6 +39,10 @@ def project_simplex(v: jax.Array) -> jax.Array:
     [0.0, 0.0, 1.0]
   """
   k = v.shape[-1]
+  # Π(v + c·1) = Π(v): shifting by the largest entry keeps the "- 1" below from being lost
+  # in float32 when the entries are huge (SDMGrad's normalised Gramian is divided by 1e-8
+  # when its diagonal is <= 0, and its iterates reach ~1e10).
+  v = v - jnp.max(v)
   u = jnp.sort(v)[::-1]
   css = jnp.cumsum(u)
   idx = jnp.arange(1, k + 1, dtype=v.dtype)
