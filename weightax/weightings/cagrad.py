@@ -31,7 +31,8 @@ def _projection_path(
   ``‖Jᵀx(ν)‖ = dist(g0, that set)`` grows with ν. While the free set is
   fixed, ``x(ν) = a + νe`` is affine, so we walk ν up from ``min p`` (where
   x = 0) through the breakpoints where a coordinate enters or leaves the free
-  set, and stop where ``xᵀGx = radius²``: one ``K x K`` solve per breakpoint,
+  set, and stop where ``xᵀGx = radius²``: one ``K x K`` solve per breakpoint
+  (a ``while_loop`` that ends there, capped at ``3K + 5`` breakpoints),
   exact at the end. Tasks with a zero gradient never enter (``<0, d> = 0``
   whatever d is, so they cannot change the max-min). ν stops at ``nu_cap``,
   an upper bound on the optimal ν: past it the set is empty (0 is in the
@@ -48,8 +49,8 @@ def _projection_path(
     ae = masked_solve(q, free, jnp.stack([-p, ones], axis=1))
     return ae[:, 0], ae[:, 1]
 
-  def step(_, carry):
-    nu, free, done = carry
+  def step(carry):
+    it, nu, free, done = carry
     a, e = affine(free)
     qa, qe = q @ a, q @ e
     # Target: (a + νe)ᵀG(a + νe) = r², the larger root (G is PSD, so the
@@ -74,12 +75,14 @@ def _projection_path(
     finish = nu_t <= nu_ev
     toggle = ~done & ~finish & (jnp.arange(k) == i)
     nu = jnp.where(done, nu, jnp.where(finish, nu_t, nu_ev))
-    return nu, free ^ toggle, done | finish
+    return it + 1, nu, free ^ toggle, done | finish
 
   nu0 = jnp.min(jnp.where(alive, p, inf))
   done0 = ~(radius > 0) | ~jnp.any(alive) | ~(nu_cap > nu0)
-  init = vary_like((nu0, jnp.zeros((k,), bool), done0), g)
-  nu, free, _ = lax.fori_loop(0, nnqp_budget(k), step, init)
+  init = vary_like((jnp.zeros((), jnp.int32), nu0, jnp.zeros((k,), bool), done0), g)
+  # Stop at the target (typically after a fraction of K breakpoints), not at the cap.
+  _, nu, free, _ = lax.while_loop(
+      lambda carry: (carry[0] < nnqp_budget(k)) & ~carry[3], step, init)
   a, e = affine(free)
   x = jnp.where(free, jnp.maximum(a + nu * e, 0.0), 0.0)
   return jnp.where(done0, jnp.zeros_like(x), x)
@@ -111,8 +114,8 @@ def cagrad(
   Instead of SciPy's SLSQP on the simplex, ``d = g0 + Jᵀx`` is computed as the
   projection of ``g0`` onto ``{d : <g_k, d> >= ν ∀k}`` for the ν at which
   ``‖Jᵀx‖ = c‖g0‖`` (the two problems share their KKT conditions, with
-  ``x = (√φ/‖g_w*‖)·w*``), by an exact homotopy in ν with a fixed budget of
-  ``3K + 5`` breakpoints. The dual QP adds the relative ridge
+  ``x = (√φ/‖g_w*‖)·w*``), by an exact homotopy in ν that stops at the target,
+  capped at ``3K + 5`` breakpoints. The dual QP adds the relative ridge
   ``reg_eps·diag(Ĝ_kk + reg_eps)`` to ``Ĝ = G / tr(G)``; tasks with a zero
   gradient are left out (their inner product with any d is 0). When
   ``g_{w*} = 0`` (e.g. ``g0 = 0``) the update is ``g0``, as in the official

@@ -46,7 +46,8 @@ def dualproj(
   cut-off (a Gramian of trace below 1e-4 treated as zero) is dropped, so the
   weights do not depend on the gradients' scale; only an exactly zero Gramian
   gives ``w = u``. The QP (in ``x = w − u``, ``x >= 0``) is solved exactly by
-  an active-set method with the fixed budget ``3K + 5`` instead of quadprog.
+  block principal pivoting (a few ``K x K`` solves, stopping at the KKT
+  point) instead of quadprog.
 
   The KKT conditions give ``G̃w >= 0``, so for every task k:
   ``<g_k, Jᵀw> >= −ε·tr(G)·w_k`` with ``ridge="trace"`` (a task whose squared

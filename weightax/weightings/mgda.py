@@ -23,8 +23,9 @@ def mgda(gramian: jax.Array, *, reg_eps: float | jax.Array = 1e-6) -> jax.Array:
   ``λ₁ = clip(<g₂ − g₁, g₂> / ‖g₁ − g₂‖², 0, 1)`` is used (``½`` when
   ``g₁ = g₂``), each λ from its own numerator. For K > 2, ``λ* = x / Σx`` with
   ``x = argmin_{x >= 0} ½ xᵀ(Ĝ + reg_eps·diag(Ĝ))x − 1ᵀx`` and
-  ``Ĝ = G / tr(G)``, solved exactly by an active-set method with a fixed
-  budget of ``3K + 5`` steps on the cosine matrix ``D^-½ĜD^-½``, so float32
+  ``Ĝ = G / tr(G)``, solved exactly by block principal pivoting (a few
+  ``K x K`` solves, stopping at the KKT point) on the cosine matrix
+  ``D^-½ĜD^-½``, so float32
   stays accurate when the gradient norms differ by ``1e7``. The ridge changes
   the optimal value by at most ``reg_eps·max_k G_kk`` and selects one
   minimiser when it is not unique. With it the guarantee reads

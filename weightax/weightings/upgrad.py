@@ -46,8 +46,9 @@ def upgrad(
   by zeros (so its weights fall back to ``u`` for small gradients); here only
   an exactly zero trace does, which keeps the weights invariant to the scale
   of the gradients. Each of the K non-negative QPs (in ``x = v − u_i e_i``) is
-  solved exactly by an active-set method with a fixed budget of ``3K + 5``
-  steps, instead of torchjd's quadprog.
+  solved exactly, instead of torchjd's quadprog, by block principal pivoting
+  (a few ``K x K`` solves each, the K problems batched, stopping at the KKT
+  point).
 
   **What the ridge does to the guarantee.** The KKT conditions of the QPs
   give ``G̃w >= 0``, i.e. for every task k, with ``u = Jᵀw`` and ``w >= u``:
