@@ -87,3 +87,19 @@ def test_imtl_g_opposite_gradients_of_different_norms_get_zero_weights(factor):
     j = np.stack([g, -factor * g])
     w = wx.weightings.imtl_g(jnp.asarray(j @ j.T, jnp.float32))
     np.testing.assert_array_equal(w, np.zeros(2, np.float32))
+
+
+@pytest.mark.parametrize("s", [1.0, 4.0])
+def test_nash_mtl_does_not_clip_an_update_that_cancels(s):
+  """Mutant ``nash_mtl.py:145 maximum(βᵀCβ, 0.0) -> 1.0`` (the update's norm floored at 1).
+
+  Documented: ``w = α·min(1, max_norm/‖Jᵀα‖)``. For two opposite gradients of equal
+  norm, ``α_1 = α_2`` by symmetry, so ``Jᵀα = 0``: nothing to clip, whatever
+  ``max_norm > 0``, and the ridge alone fixes α: ``reg_eps·G_kk·α_k = 1/α_k``, i.e.
+  ``α_k = 1/√(reg_eps·s)`` for ``G = s·[[1, -1], [-1, 1]]`` (a closed form).
+  """
+  gram = jnp.asarray([[s, -s], [-s, s]], jnp.float32)
+  want = np.full(2, 1.0 / np.sqrt(1e-2 * s))
+  for max_norm in (0.0, 0.5, 1.0):
+    w = wx.weightings.nash_mtl(gram, max_norm=max_norm, reg_eps=1e-2)
+    np.testing.assert_allclose(w, want, rtol=1e-5, err_msg=f"max_norm={max_norm}")
