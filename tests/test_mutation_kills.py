@@ -103,3 +103,46 @@ def test_nash_mtl_does_not_clip_an_update_that_cancels(s):
   for max_norm in (0.0, 0.5, 1.0):
     w = wx.weightings.nash_mtl(gram, max_norm=max_norm, reg_eps=1e-2)
     np.testing.assert_allclose(w, want, rtol=1e-5, err_msg=f"max_norm={max_norm}")
+
+
+def test_gradvac_correction_reaches_a_nonzero_target_cosine():
+  """Mutant ``gradvac.py:49 phi_hat**2 -> phi_hat**3`` (the correction's √(1−φ̂²)).
+
+  Documented: when ``φ = cos(g_i', g_j) < φ̂_ij`` the correction makes the cosine
+  exactly ``φ̂_ij``. The other tests use ``φ̂ = 0`` (the first step, PCGrad), where
+  ``φ̂² = φ̂³``; here the targets are 0.5 and -0.8, checked in float64 on the rows.
+  """
+  j = np.array([[1.0, 0.0], [-0.6, 0.8]])  # unit rows, cosine -0.6
+  targets = jnp.asarray([[0.0, 0.5], [-0.8, 0.0]], jnp.float32)
+  w = np.asarray(wx.weightings.gradvac(jnp.asarray(j @ j.T, jnp.float32), targets), np.float64)
+  # Task 1: φ = -0.6 >= φ̂ = -0.8, not corrected (c_1 = e_1); task 0: g_0' = g_0 + c·g_1.
+  assert w[0] == pytest.approx(1.0, abs=1e-6)
+  g0 = j[0] + (w[1] - 1.0) * j[1]
+  cos = g0 @ j[1] / np.linalg.norm(g0) / np.linalg.norm(j[1])
+  assert cos == pytest.approx(0.5, abs=1e-5)
+  # The closed form: c = ‖g_0‖(φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_1‖(√(1−φ̂²) + 1e-8)).
+  c = (0.5 * 0.8 + 0.6 * np.sqrt(0.75)) / (np.sqrt(0.75) + 1e-8)
+  assert w[1] - 1.0 == pytest.approx(c, rel=1e-5)
+
+
+def test_gradvac_targets_stay_finite_with_a_zero_gradient():
+  """Mutant ``gradvac.py:46 norm[j] > 0 -> >= 0`` (a zero gradient counted as live).
+
+  A zero gradient has no cosine; the weighting never corrects against it, and the
+  targets in the aggregator's state must stay finite (a NaN target would silently
+  switch GradVac off for that pair at every later step, since ``φ < NaN`` is false).
+  Two steps through the aggregator: one with a zero gradient, then one where every
+  gradient is non-zero and task 2 conflicts with task 0.
+  """
+  import jax
+
+  tx = wx.aggregators.gradvac(num_tasks=3, beta=0.5)
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  zero_task = {"w": jnp.asarray([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])}
+  _, state = tx.update(zero_task, state, params, key=jax.random.key(0))
+  assert bool(jnp.all(jnp.isfinite(state.targets))), state.targets
+  conflict = {"w": jnp.asarray([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.2]])}
+  u, state = tx.update(conflict, state, params, key=jax.random.key(1))
+  assert bool(jnp.all(jnp.isfinite(state.targets))), state.targets
+  assert bool(jnp.all(jnp.isfinite(u["w"])))
