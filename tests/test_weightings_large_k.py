@@ -198,3 +198,15 @@ def test_nnqp_derivative_is_the_implicit_one():
   vjp = np.asarray(grad_c, np.float64) @ dc
   jvp_c = (np.sum(_nnqp_ref(q, c + h * dc) * dc) - np.sum(_nnqp_ref(q, c - h * dc) * dc)) / (2 * h)
   np.testing.assert_allclose(vjp, jvp_c, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("reg_eps", [1e-8, 0.0])
+def test_tiny_ridge_on_a_rank_deficient_gramian_stays_finite(k, reg_eps):
+  # Pivoting can reach a singular (or, for Cholesky, indefinite) subsystem; the
+  # primal fallback from 0 then finishes with LU. The weights stay feasible: w >= u.
+  g = jnp.asarray(_gramian(k, "lowrank"), jnp.float32)
+  for fn in (ww.upgrad, ww.dualproj):
+    for ridge in ("trace", "relative"):
+      w = np.asarray(fn(g, reg_eps=reg_eps, ridge=ridge))
+      assert np.all(np.isfinite(w)) and np.all(w >= 1.0 / k - 1e-6), (fn, ridge)

@@ -118,16 +118,27 @@ def relative_ridge_system(g: jax.Array, eps: jax.Array) -> tuple[jax.Array, jax.
   return q, jnp.where(alive, s, 1.0), alive
 
 
-def masked_solve(q: jax.Array, free: jax.Array, rhs: jax.Array) -> jax.Array:
+def masked_solve(q: jax.Array, free: jax.Array, rhs: jax.Array, *,
+                 cholesky: bool = False) -> jax.Array:
   """Solves ``Q[F, F] z[F] = rhs[F]`` with ``z = 0`` off the free set ``F``.
 
   The fixed-shape system is ``Q`` restricted to ``F`` plus the identity on the
-  complement, so one ``K x K`` solve serves every active set.
+  complement, so one ``K x K`` solve serves every active set. ``cholesky``
+  (a Python bool) factorises it by Cholesky instead of LU, 1.2-1.5x faster on
+  CPU, for a ``Q`` whose smallest eigenvalue is safely above float32 rounding
+  (a ridge of ``1e-4`` relative to the largest, as UPGrad's and DualProj's):
+  an indefinite ``Q`` gives NaN.
   """
   both = free[:, None] & free[None, :]
   m = jnp.where(both, q, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0)).astype(q.dtype)
   rhs = jnp.where(free.reshape(free.shape + (1,) * (rhs.ndim - 1)), rhs, 0.0)
-  return jnp.linalg.solve(m, rhs)
+  if not cholesky:
+    return jnp.linalg.solve(m, rhs)
+  factor = jnp.linalg.cholesky(m)
+  col = rhs if rhs.ndim == 2 else rhs[:, None]
+  y = lax.linalg.triangular_solve(factor, col, left_side=True, lower=True)
+  z = lax.linalg.triangular_solve(factor, y, left_side=True, lower=True, transpose_a=True)
+  return z if rhs.ndim == 2 else z[:, 0]
 
 
 def nnqp_budget(k: int) -> int:
@@ -143,20 +154,21 @@ def nnqp_budget(k: int) -> int:
   return 3 * k + 5
 
 
-def _nnqp_check(q: jax.Array, c: jax.Array, free: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _nnqp_check(q: jax.Array, c: jax.Array, free: jax.Array,
+                cholesky: bool = False) -> tuple[jax.Array, jax.Array]:
   """The free-set solution ``z`` and the mask of violated KKT conditions.
 
   ``z[F] = −Q[F,F]⁻¹c[F]``, ``z = 0`` elsewhere; a free coordinate is violated
   when ``z_i < 0``, a bound one when its gradient ``(Qz + c)_i`` is negative by
   more than rounding (64 eps relative to the terms that make it up).
   """
-  z = masked_solve(q, free, -c)
+  z = masked_solve(q, free, -c, cholesky=cholesky)
   grad = q @ z + c
   tol = 64 * jnp.finfo(q.dtype).eps * (jnp.abs(c) + jnp.abs(q) @ jnp.abs(z))
   return z, jnp.where(free, z < 0, grad < -tol)
 
 
-def _nnqp_pivoting(q: jax.Array, c: jax.Array, num_iters: int):
+def _nnqp_pivoting(q: jax.Array, c: jax.Array, num_iters: int, cholesky: bool = False):
   """Block principal pivoting (Júdice & Pires 1994; Kim & Park 2011) for the NNQP's LCP.
 
   Every step solves on the current free set and exchanges *every* index that
@@ -194,7 +206,7 @@ def _nnqp_pivoting(q: jax.Array, c: jax.Array, num_iters: int):
     best = jnp.where(better, n, best)
     tries = jnp.where(better, backup, jnp.where(block, tries - 1, tries))
     prev = jnp.where(block, -1, last)
-    z_new, viol_new = _nnqp_check(q, c, free)
+    z_new, viol_new = _nnqp_check(q, c, free, cholesky)
     z = jnp.where(stuck, z, z_new)
     viol = jnp.where(stuck, viol, viol_new)
     return it + 1, free, z, viol, best, tries, prev, stuck
@@ -253,28 +265,33 @@ def _nnqp_primal(q: jax.Array, c: jax.Array, x: jax.Array, free: jax.Array, todo
   return x
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _nnqp(q: jax.Array, c: jax.Array, num_iters: int) -> jax.Array:
-  z, free, viol, _ = _nnqp_pivoting(q, c, num_iters)
-  todo = jnp.any(viol)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _nnqp(q: jax.Array, c: jax.Array, num_iters: int, cholesky: bool) -> jax.Array:
+  z, free, viol, _ = _nnqp_pivoting(q, c, num_iters, cholesky)
   # Rarely needed: a feasible start (the positive part of the last pivoting
-  # step) for the primal method, which then runs to the KKT point.
-  x0 = jnp.where(free, jnp.maximum(z, 0.0), 0.0)
-  return _nnqp_primal(q, c, x0, free & (z > 0), todo, num_iters)
+  # step) for the primal method, which then runs to the KKT point. Exchanging
+  # many indices at once can reach a singular subsystem of a (nearly) singular
+  # Q, or an indefinite one for Cholesky: its non-finite z sends the problem to
+  # the primal method from x = 0 with LU, which frees one index at a time.
+  broken = ~jnp.all(jnp.isfinite(z))
+  x0 = jnp.where(free & ~broken, jnp.maximum(z, 0.0), 0.0)
+  free0 = free & (z > 0) & ~broken
+  return _nnqp_primal(q, c, x0, free0, jnp.any(viol) | broken, num_iters)
 
 
 @_nnqp.defjvp
-def _nnqp_jvp(num_iters, primals, tangents):
+def _nnqp_jvp(num_iters, cholesky, primals, tangents):
   # Implicit differentiation on the solution's free set F: Q[F,F]x[F] = −c[F]
   # gives dx[F] = −Q[F,F]⁻¹(dQ x + dc)[F], dx = 0 off F (locally constant).
   q, c = primals
   dq, dc = tangents
-  x = _nnqp(q, c, num_iters)
-  dx = masked_solve(q, x > 0, -(dq @ x + dc))
+  x = _nnqp(q, c, num_iters, cholesky)
+  dx = masked_solve(q, x > 0, -(dq @ x + dc), cholesky=cholesky)
   return x, dx
 
 
-def nnqp(q: jax.Array, c: jax.Array, *, num_iters: int | None = None) -> jax.Array:
+def nnqp(q: jax.Array, c: jax.Array, *, num_iters: int | None = None,
+         cholesky: bool = False) -> jax.Array:
   """``argmin_{x >= 0} ½ xᵀQx + cᵀx`` for a positive definite ``Q``.
 
   Block principal pivoting: solve on the free set, then exchange every index
@@ -285,22 +302,25 @@ def nnqp(q: jax.Array, c: jax.Array, *, num_iters: int | None = None) -> jax.Arr
   adds one index per solve, about K of them). In the rare case the pivoting does not
   converge within ``num_iters`` steps, a primal active-set method (always
   feasible, exact in finitely many steps) continues from the positive part of
-  its last iterate. Both phases are ``lax.while_loop`` s that stop as soon as
-  the KKT conditions hold, so the cost adapts to the problem; under ``vmap``
-  the batch runs until its slowest problem is solved. Differentiable (forward
+  its last iterate (from 0, with LU, if that iterate is not finite: a
+  singular or, for Cholesky, indefinite subsystem). Both phases are
+  ``lax.while_loop`` s that stop as soon as the KKT conditions hold, so the
+  cost adapts to the problem; under ``vmap`` the batch runs until its slowest
+  problem is solved. Differentiable (forward
   and reverse mode) by implicit differentiation on the solution's free set.
 
   Args:
     q: ``[K, K]`` symmetric positive definite matrix.
     c: ``[K]`` linear term.
     num_iters: the iteration cap of each phase (default ``nnqp_budget(K)``).
+    cholesky: solve by Cholesky instead of LU (see :func:`masked_solve`).
 
   Returns:
     The ``[K]`` minimiser, non-negative.
   """
   k = c.shape[0]
   num_iters = nnqp_budget(k) if num_iters is None else num_iters
-  return _nnqp(q, c, num_iters)
+  return _nnqp(q, c, num_iters, cholesky)
 
 
 def min_norm_simplex(gramian: jax.Array, *, reg_eps: float | jax.Array = 1e-6) -> jax.Array:

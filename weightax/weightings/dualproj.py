@@ -91,7 +91,7 @@ def dualproj(
   if ridge == "trace":
     # min (u + x)ᵀQ(u + x), x >= 0  <=>  min ½xᵀQx + (Qu)ᵀx.
     q = g + eps * jnp.eye(k, dtype=dtype)
-    return u + nnqp(q, q @ u)
+    return u + nnqp(q, q @ u, cholesky=True)
   # ridge="relative": Q = D^½(C + εI)D^½ with C the cosine matrix. With
   # y = D^½v the QP is min yᵀ(C + εI)y s.t. y >= D^½u; the common factor
   # max_k √d_k drops out, so we use s = √d / max √d and map back v = y / s.
@@ -99,5 +99,5 @@ def dualproj(
   # keeps y_k = u_k and enters no other task's constraint.
   q, safe_s, _ = relative_ridge_system(g, eps)
   y0 = safe_s * u
-  y = y0 + nnqp(q, q @ y0)
+  y = y0 + nnqp(q, q @ y0, cholesky=True)
   return y / safe_s

@@ -108,7 +108,7 @@ def upgrad(
   starts = jnp.diag(u)  # row i is u_i e_i
   if ridge == "trace":
     q = g + eps * jnp.eye(k, dtype=dtype)
-    x = jax.vmap(lambda s: nnqp(q, q @ s))(starts)
+    x = jax.vmap(lambda s: nnqp(q, q @ s, cholesky=True))(starts)
     return jnp.sum(starts + x, axis=0)
   # ridge="relative": Q = Ĝ + ε·diag(Ĝ) = D^½(C + εI)D^½ with C the cosine
   # matrix. With y = D^½v the i-th QP becomes min yᵀ(C + εI)y s.t.
@@ -119,7 +119,7 @@ def upgrad(
   # y_k = 0 in every other task's projection and its own keeps y = u_k e_k.
   q, safe_s, alive = relative_ridge_system(g, eps)
   both = alive[:, None] & alive[None, :]
-  y = starts + jax.vmap(lambda s: nnqp(q, q @ s))(starts)
+  y = starts + jax.vmap(lambda s: nnqp(q, q @ s, cholesky=True))(starts)
   ratio = jnp.where(both, safe_s[:, None] / safe_s[None, :], 0.0) + jnp.diag(
       jnp.where(alive, 0.0, 1.0)
   ).astype(dtype)
