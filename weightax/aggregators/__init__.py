@@ -35,8 +35,8 @@ from weightax.aggregators.linear_scalarization import (
     linear_scalarization,
 )
 from weightax.aggregators.mgda import MGDAState, mgda
-from weightax.aggregators.modo import MoDoState, modo
 from weightax.aggregators.moco import MoCoState, moco
+from weightax.aggregators.modo import MoDoState, modo
 from weightax.aggregators.nash_mtl import NashMTLState, nash_mtl
 from weightax.aggregators.pcgrad import PCGradState, pcgrad
 from weightax.aggregators.random_loss_weighting import (
