@@ -22,6 +22,10 @@ weights are apart (torchjd's MGDA is an approximate Frank–Wolfe solver, so
 it differs by its own tolerance).
 
 Compilation is excluded (each weighting is called once per K before timing).
+By default every call is interleaved with the other side's, so each call
+starts with caches that the other library (and the other methods) used
+last; ``--block N`` times N consecutive calls of one side instead (the cost
+of a weighting called repeatedly, as in a loop of its own).
 Both wall-clock and process CPU time are recorded (the latter is robust to a
 loaded machine; it sums the threads of both libraries). torch runs on one
 thread (``--torch-threads``), ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` and
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--spread", type=float, default=1.0,
                       help="log-normal spread of the gradient norms")
   parser.add_argument("--seed", type=int, default=0, help="seed of the Gramians")
+  parser.add_argument("--block", type=int, default=1,
+                      help="time this many consecutive calls of one side, then of the other "
+                      "(per-call mean of each block): 1 interleaves every call")
   parser.add_argument("--torch-threads", type=int, default=1,
                       help="torch.set_num_threads (0: torch's default)")
   parser.add_argument("--quick", action="store_true",
@@ -166,9 +173,11 @@ def main(argv: list[str] | None = None) -> None:
         if not (m in SLOW and k >= 32 and rep >= args.slow_reps):
           calls.append((1, lambda: ft(g_torch[i])))
         for side, call in calls[::1 if rep % 2 == 0 else -1]:  # alternate which side goes first
+          n = 1 if (m in SLOW and side == 1) else args.block
           t0, c0 = time.perf_counter(), time.process_time()
-          call()
-          times[m][side].append((time.perf_counter() - t0, time.process_time() - c0))
+          for _ in range(n):
+            call()
+          times[m][side].append(((time.perf_counter() - t0) / n, (time.process_time() - c0) / n))
     for m in methods:
       (tw, cw), (tt, ct) = (1e3 * np.median(np.asarray(t), axis=0) for t in times[m])
       results[(m, k)] = {"method": m, "k": k, "weightax_ms": tw, "torchjd_ms": tt,
