@@ -6,6 +6,7 @@ import shutil
 import tempfile
 
 import jax
+import pytest
 
 # Tests assert dtypes (float32, bfloat16); x64 would change every default dtype.
 jax.config.update("jax_enable_x64", False)
@@ -78,6 +79,7 @@ def pytest_collection_modifyitems(config, items):
   items[:] = [items[i] for i in order]
 
 
+@pytest.hookimpl(optionalhook=True)  # a plain run (-p no:xdist) has no such hook
 def pytest_xdist_make_scheduler(config, log):
   """Under --dist loadfile, the units above instead of whole files."""
   if config.getvalue("dist") != "loadfile":
