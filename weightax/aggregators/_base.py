@@ -129,6 +129,22 @@ def check_task_grads(
   return k
 
 
+def check_state_leaves(state_part: Any, grads: list, *, name: str) -> list:
+  """The leaves of a per-parameter state, refused when they do not match the shared gradients.
+
+  Methods that keep one array per shared parameter (running averages, accumulated norms)
+  build it at ``init``; a later ``update`` with other parameters or another mask would pair
+  the wrong arrays, so it raises a ValueError that says how many were expected.
+  """
+  leaves = jax.tree.leaves(state_part)
+  if len(grads) != len(leaves):
+    raise ValueError(
+        f"{name}: the state was built for {len(leaves)} shared parameter arrays but the "
+        f"task gradients have {len(grads)}; init with the same parameters and mask."
+    )
+  return leaves
+
+
 def check_task_losses(
     task_losses: Any, k: int, *, required: bool = False, name: str = "aggregator"
 ) -> jax.Array | None:

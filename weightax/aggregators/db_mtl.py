@@ -10,6 +10,7 @@ import optax
 
 from weightax.aggregators._base import (
     SharedMask,
+    check_state_leaves,
     check_task_grads,
     check_task_losses,
     init_task_weights,
@@ -157,12 +158,7 @@ def db_mtl(
     losses = jax.lax.stop_gradient(losses).astype(jnp.float32)
     mask, shared_grads = split_shared(task_grads, params, shared)
     grads = jax.tree.leaves(shared_grads)
-    averages = jax.tree.leaves(state.averages)
-    if len(grads) != len(averages):
-      raise ValueError(
-          f"{_NAME}: the state was built for {len(averages)} shared parameter arrays but the "
-          f"task gradients have {len(grads)}; init with the same parameters and mask."
-      )
+    averages = check_state_leaves(state.averages, grads, name=_NAME)
     count = state.count + 1
     b = beta / count.astype(jnp.float32) ** beta_sigma
     shifted = losses + _EPS

@@ -11,6 +11,7 @@ import optax
 from weightax.aggregators._base import (
     SharedMask,
     apply_weights,
+    check_state_leaves,
     check_task_grads,
     check_task_losses,
     init_task_weights,
@@ -132,12 +133,7 @@ def excess_mtl(
     check_task_losses(task_losses, k, name=_NAME)
     mask, shared_grads = split_shared(task_grads, params, shared)
     grads = jax.tree.leaves(shared_grads)
-    roots = jax.tree.leaves(state.root_sum_sq)
-    if len(grads) != len(roots):
-      raise ValueError(
-          f"{_NAME}: the state was built for {len(roots)} shared parameter arrays but the "
-          f"task gradients have {len(grads)}; init with the same parameters and mask."
-      )
+    roots = check_state_leaves(state.root_sum_sq, grads, name=_NAME)
     new_roots, excess = [], jnp.zeros((k,), jnp.float32)
     for g, r in zip(grads, roots, strict=True):
       g = g.astype(jnp.float32)

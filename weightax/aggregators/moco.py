@@ -10,6 +10,7 @@ import optax
 
 from weightax.aggregators._base import (
     SharedMask,
+    check_state_leaves,
     check_task_grads,
     check_task_losses,
     init_task_weights,
@@ -174,12 +175,7 @@ def moco(
     losses = jax.lax.stop_gradient(losses).astype(jnp.float32)
     mask, shared_grads = split_shared(task_grads, params, shared)
     grads = jax.tree.leaves(shared_grads)
-    tracked = jax.tree.leaves(state.tracked)
-    if len(grads) != len(tracked):
-      raise ValueError(
-          f"{_NAME}: the state was built for {len(tracked)} shared parameter arrays but the "
-          f"task gradients have {len(grads)}; init with the same parameters and mask."
-      )
+    tracked = check_state_leaves(state.tracked, grads, name=_NAME)
     count = state.count + 1
     t = count.astype(jnp.float32)
     b = beta / t ** beta_sigma
