@@ -350,7 +350,7 @@ def run(args: argparse.Namespace) -> None:
   # Worker ``shard`` of ``shards`` takes every shards-th mutant of the seeded order, so the
   # workers together still run a prefix of it (a uniform sample) and never the same mutant.
   todo = todo[shard::shards]
-  print(f"{len(pool)} mutants, {len(pool) - len(done & {m['id'] for m in pool})} done before, "
+  print(f"{len(pool)} mutants, {len(done & {m['id'] for m in pool})} done before, "
         f"{len(todo)} to go for worker {shard}/{shards}", flush=True)
   deadline = time.time() + 60 * args.budget_min
   cache = Path(args.cache) if args.cache else None
@@ -367,7 +367,7 @@ def run(args: argparse.Namespace) -> None:
     return tests, keyword, " ".join(tests) + (f" -k {keyword}" if keyword else "")
 
   def load_base() -> dict:
-    with base_lock:
+    with _locked(base_lock):
       return json.loads(base_file.read_text()) if base_file.exists() else {}
 
   def compute_base(path: str) -> None:
@@ -377,7 +377,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"baseline for {path} ...", flush=True)
     status, secs, failing = _pytest(work, tests, None, 6 * args.timeout, stop=False,
                                     keyword=keyword, cache=cache)
-    with base_lock:
+    with _locked(base_lock):
       base = json.loads(base_file.read_text()) if base_file.exists() else {}
       base[sel] = {"status": status, "seconds": round(secs, 1), "failing": failing}
       base_file.write_text(json.dumps(base, indent=1))
