@@ -24,7 +24,11 @@ times every row once, ``--fuse`` steps each), the table reports medians of the
 per-step time, and the ratio of medians is the number to compare.
 
 Usage:
-  python benchmarks/bench_torchjd_step.py [--reps 30] [--fuse 10] [--check]
+  python benchmarks/bench_torchjd_step.py [--reps 30] [--fuse 10] [--check] [--floor]
+
+``--floor`` adds the lower bound of the comparison: the matrix products any
+exact step must compute (closed form, beside XLA's cost analysis) divided by the
+best square matrix-product rate either library reaches on this CPU.
 """
 
 from __future__ import annotations
@@ -163,6 +167,72 @@ def run(args, threads: int) -> dict[str, list[float]]:
   return times
 
 
+def essential_flops(args) -> float:
+  """The matrix products any exact UPGrad step on this model must compute, in FLOPs.
+
+  Forward: ``x W1``, ``h1 W2`` and the heads, ``2B(d·h + h² + h·K)``. Then, per task,
+  the trunk's Jacobian row: ``∂L_k/∂W2 = h1ᵀ δ_k``, ``δ_k W2ᵀ`` (the gradient at h1) and
+  ``∂L_k/∂W1 = xᵀ δ'_k``, ``2B(2h² + d·h)``; the K rows are independent (UPGrad needs each
+  task's gradient, or their Gramian, which costs at least as much here since B = h). The
+  aggregation, the heads' gradients and Adam are elementwise or O(K·P) and left out, so
+  this is a lower bound.
+  """
+  b, d, h, k = args.batch, args.d_in, args.hidden, args.tasks
+  return 2.0 * b * (d * h + h * h + h * k) + k * 2.0 * b * (2 * h * h + d * h)
+
+
+def gemm_rates(threads: int, sizes=(256, 512, 1024, 2048), reps: int = 15) -> dict:
+  """Best GFLOP/s of a square float32 matrix product, per library and size (median of reps)."""
+  import torch
+
+  torch.set_num_threads(threads)
+  rates = {}
+  mm = jax.jit(lambda a, b: a @ b)
+  for n in sizes:
+    a = np.random.default_rng(n).normal(size=(n, n)).astype(np.float32)
+    ta, ja = torch.tensor(a), jax.device_put(a)
+    number = max(1, int(2e9 // (2 * n**3)))  # about 2 GFLOP per timing
+    for lib, fn in (("torch", lambda: ta @ ta),
+                    ("jax", lambda: jax.block_until_ready(mm(ja, ja)))):
+      fn()
+      ts = []
+      for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(number):
+          fn()
+        ts.append((time.perf_counter() - t0) / number)
+      rates[(lib, n)] = 2 * n**3 / float(np.median(ts)) / 1e9
+  return rates
+
+
+def floor_report(args, threads: int, torchjd_s: float | None) -> str:
+  """How fast the step could be at the CPU's best matrix-product rate: the target's floor."""
+  fl = essential_flops(args)
+  one, fused, carry, _ = jax_steps(args)
+  # The one-step program: XLA's cost analysis counts a loop's body once, whatever its length.
+  xla = one.lower(carry).compile().cost_analysis()
+  xla = xla[0] if isinstance(xla, list) else xla
+  xla_flops = float(xla.get("flops", float("nan")))
+  rates = gemm_rates(threads)
+  best_lib, best_n = max(rates, key=rates.get)
+  best = rates[(best_lib, best_n)]
+  lines = ["| n | torch GFLOP/s | jax GFLOP/s |", "|---:|---:|---:|"]
+  for n in sorted({n for _, n in rates}):
+    lines.append(f"| {n} | {rates[('torch', n)]:.0f} | {rates[('jax', n)]:.0f} |")
+  floor_s = fl / (best * 1e9)
+  out = (f"Essential matrix products of one step: {fl / 1e9:.3f} GFLOP (closed form; XLA's cost "
+         f"analysis of the compiled step: {xla_flops / 1e9:.3f} GFLOP).\n\n"
+         f"Square float32 matrix products on {threads} thread(s), median of 15:\n\n"
+         + "\n".join(lines)
+         + f"\n\nAt the best rate measured ({best:.0f} GFLOP/s, {best_lib}, n = {best_n}) the "
+         f"step's products alone take {1e3 * floor_s:.2f} ms")
+  if torchjd_s:
+    out += (f" = {floor_s / torchjd_s:.2f}× torchjd's step ({1e3 * torchjd_s:.2f} ms); "
+            f"0.3× needs {fl / (0.3 * torchjd_s) / 1e9:.0f} GFLOP/s sustained over the "
+            f"step's {args.hidden}-wide products")
+  return out + "."
+
+
 def table(times: dict[str, list[float]]) -> str:
   ref = float(np.median(times[TORCHJD]))
   lines = ["| step | median ms/step | p10–p90 ms | × torchjd (ratio of medians) |",
@@ -194,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="also compare the two trajectories after 5 steps")
   parser.add_argument("--quick", action="store_true",
                       help="a small model and few repetitions (for tests)")
+  parser.add_argument("--floor", action="store_true",
+                      help="also measure the CPU's matrix-product rate and the step's FLOPs: "
+                           "the fastest any exact step could be")
   parser.add_argument("--out", default="", help="also write the markdown table to this file")
   args = parser.parse_args(argv)
   if args.quick:
@@ -221,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
              f"({'meets' if ratio <= 0.3 else 'misses'} the ≤ 0.3 target); against the faster "
              f"torchjd row: {float(np.median(times[FUSED])) / best:.2f}")
   extra = ("\n\n" + check(args)) if args.check else ""
+  if args.floor:
+    extra += "\n\n" + floor_report(args, threads, float(np.median(times[TORCHJD])))
   print(header + "\n\n" + body + verdict + extra)
   if args.out:
     with open(args.out, "w") as f:
