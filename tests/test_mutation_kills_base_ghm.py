@@ -9,6 +9,7 @@ mutation changes.
 from __future__ import annotations
 
 import inspect
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,22 +23,35 @@ from weightax.aggregators._base import _pow2_scale
 # ------------------------------------------------------------------ GHM-C / GHM-R
 
 
-def _np_ghm_beta(g, bins, last_edge):
-  """mmdetection's GHM weights for one call with momentum 0 and no label weights, in float64.
+def _np_ghm_beta(g, bins, last_edge, valid=None, tot=None):
+  """mmdetection's GHM weights for one call with momentum 0, in float64.
 
-  Bin i holds ``edges[i] <= g < edges[i+1]``; ``beta = tot / (count of the bin) / n`` with
-  ``tot`` the number of elements and n the number of non-empty bins (Li et al. 2019, eq. 4-5).
+  Bin i holds ``edges[i] <= g < edges[i+1]`` (a NaN g is in none); ``beta = tot / (number of
+  valid elements in the bin) / n`` on valid elements, n the number of non-empty bins (Li et
+  al. 2019, eq. 4-5; mmdetection's ``GHMC``/``GHMR``); ``tot`` defaults to the element count.
   """
+  g = np.asarray(g, np.float64)
+  valid = np.ones(g.shape, bool) if valid is None else np.asarray(valid, bool)
+  tot = g.size if tot is None else tot
   edges = np.arange(bins + 1, dtype=np.float64) / bins
   edges[-1] = last_edge
   beta = np.zeros_like(g)
   n = 0
   for i in range(bins):
-    inds = (g >= edges[i]) & (g < edges[i + 1])
+    inds = (g >= edges[i]) & (g < edges[i + 1]) & valid
     if inds.sum():
-      beta[inds] = g.size / inds.sum()
+      beta[inds] = tot / inds.sum()
       n += 1
   return beta / max(n, 1)
+
+
+def _np_bce(x, y):
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+
+
+def _np_sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
 # Residuals on the scale of mu = 0.02 (box deltas after normalisation), so that mu changes
@@ -68,6 +82,65 @@ def test_ghm_defaults_are_the_documented_ones():
   want = asl1 * _np_ghm_beta(np.abs(d) / np.sqrt(d * d + mu * mu), 10, 1e3)
   np.testing.assert_allclose(loss, want, rtol=2e-5, atol=1e-8)
   np.testing.assert_array_equal(state.acc_sum, np.zeros(10))  # momentum 0: untouched
+
+
+def test_ghm_tot_is_at_least_one():
+  """Mutants ``ghm.py: tot = jnp.maximum(..., 1.0)`` with ``1.0 -> 2.0`` (GHM-C line 204,
+  GHM-R line 283) and ``.maximum -> .minimum`` (GHM-R line 283).
+
+  Documented: ``tot = max(Σ v, 1)`` for GHM-C (a count of valid elements) and
+  ``tot = max(Σ label_weight, 1)`` for GHM-R; with one valid element, or label weights that
+  sum to less than 1, the floor of 1 is what counts. Expected: float64 transcription.
+  """
+  x = np.array([0.3, -1.0, 2.0, 0.7], np.float32)
+  y = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+  lw = np.array([0.0, 1.0, 0.0, 0.0], np.float32)  # one valid element: beta = 1
+  loss, _ = wx.losses.ghm_c(jnp.asarray(x), jnp.asarray(y), label_weights=jnp.asarray(lw))
+  np.testing.assert_allclose(loss, np.where(lw > 0, _np_bce(x, y), 0.0), rtol=1e-6)
+
+  preds = np.array([0.01, 0.5, -0.3, 0.2], np.float32)
+  targets = np.zeros(4, np.float32)
+  for lw in (np.array([0.3, 0.2, 0.0, 0.0], np.float32),  # Σ lw = 0.5: tot = 1
+             np.array([0.9, 0.8, 0.7, 0.0], np.float32)):  # Σ lw = 2.4: tot = 2.4
+    loss, _ = wx.losses.ghm_r(jnp.asarray(preds), jnp.asarray(targets), mu=0.02,
+                              label_weights=jnp.asarray(lw))
+    d = np.asarray(preds, np.float64)
+    g = np.abs(d) / np.sqrt(d * d + 0.02**2)
+    beta = _np_ghm_beta(g, 10, 1e3, valid=lw > 0, tot=max(float(lw.sum()), 1.0))
+    np.testing.assert_allclose(loss, (np.sqrt(d * d + 0.02**2) - 0.02) * beta, rtol=2e-5)
+
+
+def test_ghm_c_nan_label_under_jit_is_left_out_of_the_bin_counts():
+  """Mutant ``ghm.py:5 (line 99) BitAnd -> BitOr: valid = valid & ~jnp.isnan(g)``.
+
+  Documented: under jit an invalid label makes its element's loss NaN and "it is left out
+  of the bin counts" (mmdetection: a NaN g fails every bin comparison), so every other
+  element keeps the weights of the bins without it; tot still counts it (it is valid by
+  its label weight). Expected: float64 transcription.
+  """
+  x = np.array([-4.0, -3.5, -3.0, 0.2, 1.0, 3.0, -0.5, 2.5], np.float32)
+  y = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 1.0, np.nan, 0.0], np.float32)
+  loss = np.asarray(jax.jit(lambda a, b: wx.losses.ghm_c(a, b)[0])(x, y))
+  assert np.isnan(loss[6])
+  g = np.abs(_np_sigmoid(x) - y)  # NaN for the NaN label: in no bin
+  want = _np_bce(x, y) * _np_ghm_beta(g, 10, 1.0 + 1e-6, tot=x.size)
+  np.testing.assert_allclose(np.delete(loss, 6), np.delete(want, 6), rtol=1e-5)
+
+
+def test_ghm_c_labels_of_ignored_elements_may_hold_anything():
+  """Mutant ``ghm.py:77 (line 200) Is -> IsNot: None if lw is None else valid``.
+
+  Documented: labels outside ``[0, 1]`` are refused on valid elements only; "elements with
+  ``label_weight <= 0`` may hold anything" (e.g. an ignore index) and get zero loss.
+  """
+  x = np.array([0.5, -1.0, 2.0, 0.1], np.float32)
+  y = np.array([1.0, 0.0, 7.0, -1.0], np.float32)  # ignore markers on the last two
+  lw = np.array([1.0, 1.0, 0.0, 0.0], np.float32)
+  loss, _ = wx.losses.ghm_c(jnp.asarray(x), jnp.asarray(y), label_weights=jnp.asarray(lw))
+  g = np.abs(_np_sigmoid(x) - y)
+  want = np.where(lw > 0, _np_bce(x, np.clip(y, 0, 1)), 0.0) * _np_ghm_beta(
+      g, 10, 1.0 + 1e-6, valid=lw > 0, tot=2.0)
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
 
 
 # ------------------------------------------------------------------ Gramian rescue
@@ -121,4 +194,72 @@ def test_rescued_gramian_gives_the_min_norm_point_of_tiny_and_huge_gradients(sca
     g = np.asarray(grads[k], np.float64)
     want = lam1 * g[0] + (1 - lam1) * g[1]
     np.testing.assert_allclose(np.asarray(u[k], np.float64), want, rtol=1e-5, atol=1e-6 * scale)
+
+
+
+class _Seen(NamedTuple):
+  """The Gramian and the scale that ``gramian_aggregator`` handed its weighting."""
+
+  gramian: jax.Array = jnp.zeros((2, 2), jnp.float32)
+  scale: jax.Array = jnp.zeros((), jnp.float32)
+
+
+def _record(gramian, task_losses, state, key, *, scale):
+  del task_losses, state, key
+  return jnp.full((2,), 0.5), _Seen(gramian, scale)
+
+
+_RESCUE = wx.gramian_aggregator(_record, _Seen, normalize_gramian=True)
+_RESCUE_UPDATE = jax.jit(_RESCUE.update)
+_B = 2.0**-50  # its square is the documented threshold 2^-100
+
+# (task rows, whether the Gramian must be recomputed from the rescaled gradients)
+RESCUE_CASES = {
+    "normal": ([[1.0, 0.0, 0.5], [0.0, 2.0, -1.0]], False),
+    "top-diag-exactly-2^-100": ([[_B, 0.0, 0.0], [0.0, 0.5 * _B, 0.0]], False),
+    "top-diag-just-below-2^-100": ([[0.75 * _B, 0.0, 0.0], [0.0, 0.5 * _B, 0.1 * _B]], True),
+    "tiny": ([[1e-30, 3e-31, 0.0], [-2e-31, 1e-30, 5e-31]], True),
+    "one-tiny-task-beside-a-normal-one": ([[1.0, 0.5, 0.0], [1e-30, 0.0, 2e-30]], False),
+    "one-overflowing-task": ([[1e30, 0.0, 2e29], [0.0, 1.0, 0.5]], True),
+    "huge": ([[1e30, -3e29, 0.0], [2e29, 1e30, 4e29]], True),
+}
+
+
+@pytest.mark.parametrize("case", list(RESCUE_CASES))
+def test_gramian_is_rescued_exactly_when_documented(case):
+  """Mutants of ``_rescue_gramian``'s test and of ``_TINY_GRAMIAN`` (``_base.py``, lines
+  295, 308, 309: ``2.0**-100`` -> ``2.0*-100`` / ``4.0**-100`` / ``2.0**100`` /
+  ``2.0**-101``; ``top = jnp.max(diag)`` -> ``.min``; ``bad = ~all(isfinite(g)) | (top <
+  T)`` with ``| -> &``, ``drop ~``, ``.all -> .any``, ``< -> <=``) and of the rescaling
+  (line 315 ``Div -> Mult``, line 290's swapped where).
+
+  Documented (``normalize_gramian``): when ``G`` overflows (any entry) or its *largest*
+  diagonal entry is below 2^-100, the weighting gets ``G / s²`` with ``s`` the power of two
+  at or above the largest gradient magnitude, and ``scale=s``; otherwise ``G`` and ``s = 1``.
+  Expected: the Gramian of the rescaled gradients in float64.
+  """
+  rows, rescued = RESCUE_CASES[case]
+  j = np.asarray(rows, np.float32)
+  _, seen = _RESCUE_UPDATE({"w": jnp.asarray(j)}, _RESCUE.init(None))
+  s = float(seen.scale)
+  mx = float(np.abs(j).max())
+  if rescued:
+    assert s == 2.0 ** np.round(np.log2(s)) and 0.5 <= mx / s <= 1.0, (case, s, mx)
+  else:
+    assert s == 1.0, (case, s)
+  j64 = j.astype(np.float64) / s
+  want = j64 @ j64.T
+  np.testing.assert_allclose(seen.gramian, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+def test_num_tasks_must_be_positive():
+  """Mutant ``_base.py:46 (line 110) drop Not: ... and not isinstance(k, bool) and k < 1``.
+
+  Documented (``requires_num_tasks``): ``num_tasks`` is a positive number of tasks; 0 or a
+  negative K is refused with a ValueError that names it, while K = 1 is a legal single task.
+  """
+  for k in (0, -2):
+    with pytest.raises(ValueError, match=rf"num_tasks must be a positive number of tasks; got {k}"):
+      wx.aggregators.db_mtl(num_tasks=k)
+  wx.aggregators.db_mtl(num_tasks=1)
 
