@@ -143,6 +143,21 @@ def test_ghm_c_labels_of_ignored_elements_may_hold_anything():
   np.testing.assert_allclose(loss, want, rtol=1e-6)
 
 
+def test_ghm_r_huge_residuals_land_in_the_last_bin():
+  """A bug this work found (not a mutant): ``g = |d| / sqrt(d² + μ²)`` computed as written
+  overflows ``d²`` in float32 beyond |d| ≈ 1.8e19, giving g = 0 (the easiest bin) where the
+  documented formula gives g = 1 (the last bin). Expected: float64 transcription, where d²
+  does not overflow. (Also exercises ``ghm.py`` line 288's mutants.)
+  """
+  preds = np.array([1e20, 0.5, 0.001, 1e19, -3e25, 0.03, 0.0], np.float32)
+  targets = np.zeros_like(preds)
+  loss, _ = wx.losses.ghm_r(jnp.asarray(preds), jnp.asarray(targets), mu=0.02)
+  d = preds.astype(np.float64)
+  g = np.abs(d) / np.sqrt(d * d + 0.02**2)
+  want = (np.sqrt(d * d + 0.02**2) - 0.02) * _np_ghm_beta(g, 10, 1e3)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
 # ------------------------------------------------------------------ Gramian rescue
 
 

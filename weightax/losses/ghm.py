@@ -285,7 +285,9 @@ def ghm_r(
   mu_bad = ~(mu32 > 0)
   mu32 = jnp.where(mu_bad, 1.0, mu32)  # a safe value; the result is NaN anyway
   d32 = jax.lax.stop_gradient((preds - targets).astype(jnp.float32))
-  g = jnp.abs(d32) / jnp.sqrt(d32 * d32 + mu32 * mu32)
+  # hypot, not sqrt(d² + μ²): d² overflows float32 beyond |d| ≈ 1.8e19, which made g = 0 (the
+  # easiest bin) where the formula gives 1.
+  g = jnp.abs(d32) / jnp.hypot(d32, mu32)
   edges = (jnp.arange(bins + 1, dtype=jnp.float32) / bins).at[-1].set(1e3)
   w, new_state = _harmonizing_weights(g, valid, tot, edges, state, momentum, bins, fn, mu_bad)
   dtype = preds.dtype
