@@ -158,6 +158,46 @@ def test_ghm_r_huge_residuals_land_in_the_last_bin():
   np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
+def _near_edges(bins):
+  """Gradient norms 5e-7 either side of every inner edge i/B, and 0: well inside their bins
+  at float32 resolution (~6e-8 at 1), and 1e-6-wide gaps that move an edge by 1e-6 swap."""
+  inner = np.arange(1, bins) / bins
+  return np.concatenate([[0.0, 0.03], inner - 5e-7, inner + 5e-7])
+
+
+@pytest.mark.parametrize("bins", [3, 10])
+def test_ghm_elements_next_to_a_bin_edge_land_in_the_documented_bin(bins):
+  """Mutants of the edges built in ``ghm_c`` (line 205, ``.at[-1].add(1e-6)``: ``drop USub``
+  -> ``.at[1]``, ``1 -> 2`` -> ``.at[-2]``) and ``ghm_r`` (line 289, ``.at[-1].set(1e3)``).
+
+  Documented: bins ``[i/B, (i+1)/B)``, only the last edge raised (GHM-C: by 1e-6 so that
+  g = 1 lands in the last bin; GHM-R: to 1e3). Moving an inner edge by 1e-6 moves elements
+  next to it (``test_ghm_binning_exact_at_edges`` passes its own edges, so it cannot see
+  how ``ghm_c``/``ghm_r`` build them). Expected: float64 transcription with edges i/B.
+  """
+  g = _near_edges(bins)
+  # GHM-C: label 1 and σ(x) = 1 - g, so g = |σ(x) - y|; plus g = 1 exactly (x → -inf).
+  x = np.concatenate([np.log1p(-g) - np.log(np.maximum(g, 1e-30)), [-200.0]]).astype(np.float32)
+  x[0] = 100.0  # g = 0
+  y = np.ones_like(x)
+  loss, _ = wx.losses.ghm_c(jnp.asarray(x), jnp.asarray(y), bins=bins)
+  gc = np.abs(_np_sigmoid(x) - y)
+  edges = np.arange(bins + 1) / bins
+  assert np.min(np.abs(gc[:, None] - edges[None, 1:-1])) > 2e-7  # clear of the edges
+  want = _np_bce(x, y) * _np_ghm_beta(gc, bins, 1.0 + 1e-6)
+  np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-12)  # BCE(100, 1) ≈ 4e-44
+
+  # GHM-R: d = μ g / sqrt(1 - g²) gives |d| / sqrt(d² + μ²) = g; plus a huge residual (g = 1).
+  mu = 0.02
+  d = np.concatenate([mu * g / np.sqrt(1 - g * g), [1e6]]).astype(np.float32)
+  loss, _ = wx.losses.ghm_r(jnp.asarray(d), jnp.zeros_like(jnp.asarray(d)), mu=mu, bins=bins)
+  d64 = d.astype(np.float64)
+  gr = np.abs(d64) / np.sqrt(d64 * d64 + mu * mu)
+  assert np.min(np.abs(gr[:, None] - edges[None, 1:-1])) > 2e-7
+  want = (np.sqrt(d64 * d64 + mu * mu) - mu) * _np_ghm_beta(gr, bins, 1e3)
+  np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-12)
+
+
 # ------------------------------------------------------------------ Gramian rescue
 
 
