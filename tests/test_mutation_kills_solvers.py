@@ -235,3 +235,16 @@ def test_backup_rule_solves_problems_on_which_block_pivoting_cycles():
     x = np.asarray(_nnqp(q32, c32), np.float64)
     _assert_kkt(q, c, x)
     np.testing.assert_allclose(x, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_min_norm_point_is_uniform_over_several_zero_gradients():
+  """Mutant ``_solvers.py:242`` (line 378) .maximum -> .minimum:
+  ``dead / jnp.maximum(jnp.sum(dead), 1.0)``.
+
+  ``min_norm_simplex``'s docstring: a zero gradient makes 0 the min-norm point, and λ is
+  then uniform over the zero-gradient tasks, here two of four (½ each), so that λ is on
+  the simplex.
+  """
+  j = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [-1.0, 0.5, 3.0], [0.0, 0.0, 0.0]])
+  lam = np.asarray(_solvers.min_norm_simplex(jnp.asarray(j @ j.T, jnp.float32)))
+  np.testing.assert_array_equal(lam, [0.0, 0.5, 0.0, 0.5])
