@@ -248,3 +248,27 @@ def test_min_norm_point_is_uniform_over_several_zero_gradients():
   j = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [-1.0, 0.5, 3.0], [0.0, 0.0, 0.0]])
   lam = np.asarray(_solvers.min_norm_simplex(jnp.asarray(j @ j.T, jnp.float32)))
   np.testing.assert_array_equal(lam, [0.0, 0.5, 0.0, 0.5])
+
+
+def test_relative_ridge_protects_a_task_far_smaller_than_the_others():
+  """Mutant ``_solvers.py:44`` (line 110) Div -> Mult: ``s = sqrt(diag / max(max(diag), tiny))``.
+
+  ``relative_ridge_system`` (UPGrad's and DualProj's ``ridge="relative"``) keeps a task
+  whose gradient is non-zero, ``s_k = ‖g_k‖/max‖g‖`` above ``√tiny ≈ 1.1e-19``, in the QP,
+  and ``upgrad``'s docstring promises ``κ_k <= ε`` for it "whatever the norms" (worst
+  measured 5e-5 for ε = 1e-4). Here a task 3e-19 times smaller than three orthonormal
+  ones opposes two of them; κ_k = −<g_k, Jᵀw>/(‖g_k‖·Σ_j w_j‖g_j‖) is computed in float64.
+  (With ``diag * max(diag)``, s_k would be scaled by max ĝ_kk = 1/3 and the task dropped
+  as if its gradient were zero: w_k = u_k and κ_k ≈ 0.47.)
+  """
+  import weightax.weightings as ww
+
+  r = 3e-19
+  j = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-r / np.sqrt(2), -r / np.sqrt(2), 0]])
+  g = j @ j.T
+  for fn in (ww.upgrad, ww.dualproj):
+    w = np.asarray(fn(jnp.asarray(g, jnp.float32), ridge="relative"), np.float64)
+    norms = np.sqrt(np.diag(g))
+    kappa = -(g @ w) / (norms * (norms @ np.abs(w)))
+    assert np.all(w >= 0.25 * (1 - 1e-6)), (fn, w)
+    assert kappa.max() < 1e-4, (fn, kappa)
