@@ -196,23 +196,30 @@ def test_primal_method_is_a_feasible_descent_method():
   rises (each step either accepts the minimiser on a free set that contains the iterate's
   support, or moves towards it, on a segment along which the convex objective falls), so
   an exhausted cap still returns a feasible point; with the budget it is the minimiser.
-  From random feasible starts, against the brute-force minimiser.
+  From random feasible starts, against the brute-force minimiser, with ``c`` and the start
+  scaled by 1e-6, 1 and 1e6 (the minimiser scales with them: nothing may depend on the
+  absolute size of x).
+
+  Also kills ``_solvers.py:255`` (line 257) Mult -> Div: ``x_mid > eps * max|x_mid|`` ->
+  ``eps / max|x_mid|`` (at x ~ 1e-6 it drops positive coordinates).
   """
   for seed in range(6):
-    q, c = _random_problem(seed)
-    k = len(c)
+    q0, c0 = _random_problem(seed)
+    k = len(c0)
     rng = np.random.default_rng([seed, 1])
-    x0 = _f32(np.where(rng.random(k) < 0.6, rng.random(k) * 2.0, 0.0))
-    caps = jnp.arange(3 * k + 6)
-    xs = np.asarray(_primal_every_cap(jnp.asarray(q, jnp.float32), jnp.asarray(c, jnp.float32),
-                                      jnp.asarray(x0, jnp.float32), caps), np.float64)
-    assert np.all(xs >= 0), seed
-    f = np.array([_objective(q, c, x) for x in xs])
-    scale = np.abs(c).max() * np.abs(xs).max() + np.abs(q).max() * np.abs(xs).max() ** 2
-    assert np.all(np.diff(f) <= 1e-5 * scale), (seed, f)
-    assert f[0] == _objective(q, c, x0)  # cap 0: the start, untouched
-    ref = _brute_force(q, c)
-    np.testing.assert_allclose(xs[-1], ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    x00 = np.where(rng.random(k) < 0.6, rng.random(k) * 2.0, 0.0)
+    for t in (1e-6, 1.0, 1e6):
+      q, c, x0 = q0, _f32(t * c0), _f32(t * x00)
+      caps = jnp.arange(3 * k + 6)
+      xs = np.asarray(_primal_every_cap(jnp.asarray(q, jnp.float32), jnp.asarray(c, jnp.float32),
+                                        jnp.asarray(x0, jnp.float32), caps), np.float64)
+      assert np.all(xs >= 0), (seed, t)
+      f = np.array([_objective(q, c, x) for x in xs])
+      scale = np.abs(c).max() * np.abs(xs).max() + np.abs(q).max() * np.abs(xs).max() ** 2
+      assert np.all(np.diff(f) <= 1e-5 * scale), (seed, t, f)
+      assert f[0] == _objective(q, c, x0)  # cap 0: the start, untouched
+      ref = _brute_force(q, c)
+      np.testing.assert_allclose(xs[-1], ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
 def test_backup_rule_solves_problems_on_which_block_pivoting_cycles():
