@@ -43,11 +43,11 @@ def _project_simplex64(v: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ defaults
 
 # The defaults the docstrings and the references give (LibMTL's FairGrad α = 1 and
-# MoDo γ = 1e-3, ρ = 0.1; SDMGrad's λ = 0.3, η = 10, 20 steps, momentum 0.5 as torchjd
-# and the authors' code; torchjd's DualProj ε = 1e-4 on G/tr(G); Aligned-MTL's smallest
-# eigenvalue), with a different value that must change the weights. MoDo's ρ only
-# scales λ, which the simplex projection ignores when λ is uniform (its default), so
-# it is checked from a non-uniform λ.
+# MoDo γ = 1e-3, ρ = 0.1; SDMGrad's λ = 0.3 (LibMTL, torchjd), η = 10 (torchjd, the
+# authors' code), 20 steps, momentum 0.5; torchjd's DualProj ε = 1e-4 on G/tr(G);
+# Aligned-MTL's smallest eigenvalue), with a different value that must change the weights.
+# MoDo's ρ only scales λ, which the simplex projection ignores when λ is uniform (its
+# default), so it is checked from a non-uniform λ.
 _J = np.array([[1.0, 0.2, 0.0, 0.3], [0.1, 2.0, 0.5, 0.0], [-0.8, -0.3, 3.0, 0.2]])
 G = jnp.asarray(_J @ _J.T, jnp.float32)
 _LAM = jnp.asarray([0.6, 0.3, 0.1], jnp.float32)
