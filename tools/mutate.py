@@ -364,6 +364,8 @@ def run(args: argparse.Namespace) -> None:
   base_lock = base_file.with_suffix(".lock")
 
   def selection(path: str) -> tuple[list[str], str | None, str]:
+    if args.kill_tests_only:  # the rest of the selection already ran on these mutants
+      return EXTRA_TESTS, None, " ".join(EXTRA_TESTS)
     tests = EXTRA_TESTS + table[path]
     keyword = TARGET_K.get(path)
     return tests, keyword, " ".join(tests) + (f" -k {keyword}" if keyword else "")
@@ -480,6 +482,9 @@ def main() -> None:
                  help="seconds per mutant before it counts as killed (default: %(default)s)")
   p.add_argument("--rerun-survivors", action="store_true",
                  help="run only the survivors in --results again (e.g. after adding tests)")
+  p.add_argument("--kill-tests-only", action="store_true",
+                 help="with --rerun-survivors: run only tests/test_mutation_kills*.py (the rest "
+                      "of each survivor's selection passed already, and is unchanged)")
   p.add_argument("--fresh", action="store_true",
                  help="take a new snapshot of the repository (renumbers the mutants)")
   p.add_argument("--only", nargs="*", help="substrings of module paths to restrict to")
