@@ -223,7 +223,11 @@ def test_primal_method_is_a_feasible_descent_method():
 
 
 def test_backup_rule_solves_problems_on_which_block_pivoting_cycles():
-  """Block pivoting's documented termination: after three steps without fewer violations,
+  """Mutant ``_solvers.py:66`` (line 206) where(c, a, b) -> where(c, b, a):
+  ``best = jnp.where(better, n, best)`` (every step counts as an improvement, so the
+  backup rule never starts and plain block pivoting cycles until the cap).
+
+  Block pivoting's documented termination: after three steps without fewer violations,
   one index at a time is exchanged (Murty's rule), which terminates for a positive
   definite Q. On problems where plain block pivoting cycles (checked by a NumPy
   transcription without the backup), the pivoting alone must reach the KKT point, and
@@ -279,3 +283,21 @@ def test_relative_ridge_protects_a_task_far_smaller_than_the_others():
     kappa = -(g @ w) / (norms * (norms @ np.abs(w)))
     assert np.all(w >= 0.25 * (1 - 1e-6)), (fn, w)
     assert kappa.max() < 1e-4, (fn, kappa)
+
+
+def test_pivoting_cap_is_a_cap():
+  """Mutant ``_solvers.py:199`` (line 195) Lt -> LtE: ``(it < num_iters) & ...``.
+
+  ``num_iters`` is documented as the iteration cap of each phase (``nnqp``, and
+  ``nnqp_budget``: "a cap, not a trip count"): on a problem that needs 22 pivoting steps
+  (seed 17072, more than any cap below), the pivoting stops after exactly ``m`` steps,
+  not converged, for every cap ``m``.
+  """
+  q, c = _random_problem(17072)
+  assert not _plain_block_pivoting_converges(q, c, 200)
+  caps = jnp.arange(1, 9)
+  _, _, viol, steps = jax.jit(jax.vmap(
+      lambda m: _solvers._nnqp_pivoting(jnp.asarray(q, jnp.float32), jnp.asarray(c, jnp.float32),
+                                        m)))(caps)
+  np.testing.assert_array_equal(steps, caps)
+  assert np.all(np.any(viol, axis=1))
