@@ -180,9 +180,14 @@ def test_primal_method_frees_the_most_violated_index_first():
   """
   q = jnp.asarray([[1.0, 0.5], [0.5, 1.0]], jnp.float32)
   c = jnp.asarray([-10.0, -1.0], jnp.float32)
-  x = _solvers._nnqp_primal(q, c, jnp.zeros(2), jnp.zeros(2, bool), jnp.asarray(True), 2)
+  primal = jax.jit(lambda n: _solvers._nnqp_primal(q, c, jnp.zeros(2), jnp.zeros(2, bool),
+                                                   jnp.asarray(True), n))
+  x = primal(2)
   np.testing.assert_allclose(x, [10.0, 0.0], rtol=1e-6)
   np.testing.assert_allclose(x, _brute_force(_f32(q), _f32(c)), rtol=1e-6)
+  # The cap caps: one step only frees index 0 (its iterate is the solution on the empty
+  # free set, 0). Kills ``_solvers.py:168`` (line 261) Add -> Sub: ``it + 1`` -> ``it - 1``.
+  np.testing.assert_array_equal(primal(1), [0.0, 0.0])
 
 
 @jax.jit
@@ -301,3 +306,17 @@ def test_pivoting_cap_is_a_cap():
                                         m)))(caps)
   np.testing.assert_array_equal(steps, caps)
   assert np.all(np.any(viol, axis=1))
+
+
+def test_jacobi_ridge_is_the_documented_one():
+  """Mutant ``_solvers.py:3`` (line 80) Add -> Sub: ``g + jnp.diag(...)``.
+
+  ``jacobi_ridge(g, ε) = g + diag(ε·(g_kk + ε))`` (its docstring; FairGrad's and CAGrad's
+  ridge), transcribed in float64; ε large enough to show at float32 resolution.
+  """
+  j = np.array([[1.0, 2.0, 0.0], [0.0, 0.1, 0.0], [-1.0, 0.5, 3.0]])
+  g = j @ j.T
+  eps = 0.01
+  expected = g + np.diag(eps * (np.diag(g) + eps))
+  np.testing.assert_allclose(_solvers.jacobi_ridge(jnp.asarray(g, jnp.float32), eps), expected,
+                             rtol=1e-6)
