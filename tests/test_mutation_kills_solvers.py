@@ -291,7 +291,8 @@ def test_relative_ridge_protects_a_task_far_smaller_than_the_others():
 
 
 def test_pivoting_cap_is_a_cap():
-  """Mutant ``_solvers.py:199`` (line 195) Lt -> LtE: ``(it < num_iters) & ...``.
+  """Mutants ``_solvers.py:199`` (line 195) Lt -> LtE: ``(it < num_iters) & ...``, and
+  ``_solvers.py:60`` (line 195) BitAnd -> BitOr: ``... & jnp.any(viol) | ~stuck``.
 
   ``num_iters`` is documented as the iteration cap of each phase (``nnqp``, and
   ``nnqp_budget``: "a cap, not a trip count"): on a problem that needs 22 pivoting steps
