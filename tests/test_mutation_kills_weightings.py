@@ -321,3 +321,68 @@ def test_nash_mtl_newton_converges_in_float64():
       q = gh + 1e-6 * np.diag(np.diag(gh))
       a = alpha * np.sqrt(np.trace(g))
       assert np.max(np.abs(a * (q @ a) - 1.0)) < 1e-8, (t, k)
+
+
+def _planar_jacobian(norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Four gradients in a plane (at 0°, 40°, 80°, 170°; rank 2, so IMTL-G takes the
+  eigendecomposition path) with the given norms, and ``v = C⁺1`` in float64."""
+  th = np.deg2rad([0.0, 40.0, 80.0, 170.0])
+  u = np.stack([np.cos(th), np.sin(th), np.zeros(4)], axis=1)
+  v = np.linalg.pinv(u @ u.T, rcond=1e-8, hermitian=True) @ np.ones(4)
+  return u * norms[:, None], v
+
+
+@pytest.mark.parametrize("small", [1e-2, 1e-3])
+def test_imtl_g_weights_are_zero_when_their_sum_vanishes(small):
+  """Mutant ``imtl_g.py:117 abs(total) > 1e-4 * sum(abs(w)) -> 1e-4 / sum(abs(w))``.
+
+  Documented: when ``Σ_k w_k`` vanishes the direction is undefined and the weights are
+  zero (torchjd: zeros when ``|Σ| < 1e-12``). ``v = C⁺1`` has mixed signs here, and the
+  fourth norm is chosen so that ``Σ_k v_k/‖g_k‖ = 0`` exactly (float64). With a small
+  first gradient ``Σ|w|`` is ~50-500 (w is ``v`` over the norms relative to the largest),
+  so the mutant's threshold ``1e-4/Σ|w|`` falls below float32's rounding of the sum and
+  it divides by that rounding (weights ~1e6). Control: with the fourth norm doubled the
+  sum does not vanish and the weights are ``(v/‖g‖)/Σ(v/‖g‖)``.
+  """
+  _, v = _planar_jacobian(np.ones(4))
+  norms = np.array([small, 1.0, 2.0, 0.0])
+  norms[3] = -v[3] / np.sum(v[:3] / norms[:3])
+  assert norms[3] > 0 and np.sum(v / norms) == pytest.approx(0.0, abs=1e-12)
+  j, _ = _planar_jacobian(norms)
+  w = wx.weightings.imtl_g(jnp.asarray(j @ j.T, jnp.float32))
+  np.testing.assert_array_equal(w, np.zeros(4, np.float32))
+  norms[3] *= 2.0
+  j, _ = _planar_jacobian(norms)
+  want = (v / norms) / np.sum(v / norms)
+  got = np.asarray(wx.weightings.imtl_g(jnp.asarray(j @ j.T, jnp.float32)), np.float64)
+  np.testing.assert_allclose(got, want, atol=1e-4 * np.max(np.abs(want)))
+
+
+def test_imtl_g_small_but_genuine_projection_gives_the_least_squares_weights():
+  """Mutant ``imtl_g.py:116 proj > 1e-3 * sqrt(n) -> 2e-3 * sqrt(n)``.
+
+  Three gradients in a plane at 0°, 120° and 240° + γ (nearly Pareto-stationary: the
+  unit gradients almost sum to zero; rank 2). ``1`` then has a small component on the
+  range of C, here ``1.5e-3·√3``: about 10⁴ times float32's rounding of it, so a
+  genuine one, and the documented weights are the least-squares solution
+  ``D^-½ C⁺ 1`` normalised (float64 ``pinv``, cut-off 16·K·eps32). The mutant's
+  threshold, twice the original's, takes it for rounding and returns zeros.
+  """
+  def unit_rows(gamma):
+    th = np.deg2rad([0.0, 120.0, 240.0 + gamma])
+    return np.stack([np.cos(th), np.sin(th), np.zeros(3)], axis=1)
+
+  def projection(gamma):  # ‖1 − (1·n)n‖, n the null vector of C
+    n = np.linalg.eigh(unit_rows(gamma) @ unit_rows(gamma).T)[1][:, 0]
+    return np.linalg.norm(np.ones(3) - (np.ones(3) @ n) * n)
+
+  gamma = brentq(lambda x: projection(x) - 1.5e-3 * np.sqrt(3.0), 1e-6, 30.0, xtol=1e-12)
+  j = unit_rows(gamma) * np.array([[1.0], [2.0], [0.5]])
+  g = (j @ j.T).astype(np.float32)
+  g64 = g.astype(np.float64)
+  d = np.sqrt(np.diag(g64))
+  v = np.linalg.pinv(g64 / np.outer(d, d), rcond=16.0 * 3 * EPS32, hermitian=True) @ np.ones(3)
+  want = (v / d) / np.sum(v / d)  # about [2.01, -1.00, -0.012]
+  got = np.asarray(wx.weightings.imtl_g(jnp.asarray(g)), np.float64)
+  # the component of 1 on the range is known to ~1e-7/1.5e-3 relative in float32
+  np.testing.assert_allclose(got, want, atol=1e-3 * np.max(np.abs(want)))
