@@ -106,7 +106,9 @@ _nnqp = jax.jit(_solvers.nnqp)
 def test_cut_short_pivoting_hands_over_to_the_primal_method():
   """Mutants ``_solvers.py:149`` (line 219) drop Invert: ``viol & ~stuck`` -> ``viol & stuck``,
   ``_solvers.py:90`` (line 279) BitOr -> BitAnd: ``jnp.any(viol) | broken``, and
-  ``_solvers.py:21`` (line 276) drop Invert: ``broken = ~jnp.all(jnp.isfinite(z))``.
+  ``_solvers.py:21`` (line 276) drop Invert: ``broken = ~jnp.all(jnp.isfinite(z))``, and
+  ``_solvers.py:207`` (line 216) 0 -> 1: ``int32(0)`` (the pivoting's step counter starts
+  at 1, so ``num_iters=1`` gives no pivoting step at all).
 
   ``nnqp``'s documented fallback: when block pivoting does not converge within
   ``num_iters`` steps, the primal method continues from the positive part of its last
@@ -292,7 +294,8 @@ def test_relative_ridge_protects_a_task_far_smaller_than_the_others():
 
 def test_pivoting_cap_is_a_cap():
   """Mutants ``_solvers.py:199`` (line 195) Lt -> LtE: ``(it < num_iters) & ...``, and
-  ``_solvers.py:60`` (line 195) BitAnd -> BitOr: ``... & jnp.any(viol) | ~stuck``.
+  ``_solvers.py:60`` (line 195) BitAnd -> BitOr: ``... & jnp.any(viol) | ~stuck``, and
+  ``_solvers.py:206`` (line 212) 1 -> 2: ``return it + 1, ...`` (steps counted twice).
 
   ``num_iters`` is documented as the iteration cap of each phase (``nnqp``, and
   ``nnqp_budget``: "a cap, not a trip count"): on a problem that needs 22 pivoting steps
