@@ -386,3 +386,27 @@ def test_imtl_g_small_but_genuine_projection_gives_the_least_squares_weights():
   got = np.asarray(wx.weightings.imtl_g(jnp.asarray(g)), np.float64)
   # the component of 1 on the range is known to ~1e-7/1.5e-3 relative in float32
   np.testing.assert_allclose(got, want, atol=1e-3 * np.max(np.abs(want)))
+
+
+# ------------------------------------------------------------------ GradVac
+
+
+def test_gradvac_targets_are_an_exponential_moving_average():
+  """Mutant ``gradvac.py:54 (1.0 - beta) * phi_hat + beta * phi -> (2.0 - beta) * ...``.
+
+  Documented (GradVac, LibMTL and torchjd): after visiting task j from task i the
+  target becomes ``φ̂_ij ← (1 − β)φ̂_ij + βφ_ij`` (with the cosine φ before the fix);
+  the diagonal is never touched. The other tests start from ``φ̂ = 0``, where the
+  mutant's ``(2 − β)·0`` is the same. With K = 2 each task visits the other first, so
+  ``φ = cos(g_0, g_1)`` for both; checked from non-zero targets.
+  """
+  from weightax.weightings.gradvac import gradvac_step
+
+  j = np.array([[1.0, 0.0], [-0.6, 0.8]])  # unit rows, cosine -0.6
+  targets = np.array([[0.0, 0.5], [-0.8, 0.0]])
+  for beta in (0.5, 0.1):
+    _, new = gradvac_step(jnp.asarray(j @ j.T, jnp.float32), jnp.asarray(targets, jnp.float32),
+                          beta=beta)
+    want = (1.0 - beta) * targets + beta * -0.6 * (1.0 - np.eye(2))
+    want[np.diag_indices(2)] = 0.0
+    np.testing.assert_allclose(np.asarray(new, np.float64), want, atol=1e-6, err_msg=f"{beta}")
