@@ -208,7 +208,8 @@ def test_primal_method_is_a_feasible_descent_method():
   absolute size of x).
 
   Also kills ``_solvers.py:255`` (line 257) Mult -> Div: ``x_mid > eps * max|x_mid|`` ->
-  ``eps / max|x_mid|`` (at x ~ 1e-6 it drops positive coordinates).
+  ``eps / max|x_mid|`` (at x ~ 1e-6 it drops positive coordinates), and ``_solvers.py:75``
+  (line 244) drop Invert: ``feasible = ~jnp.any(bad)`` (infeasible solutions accepted).
   """
   for seed in range(6):
     q0, c0 = _random_problem(seed)
