@@ -277,6 +277,8 @@ RESCUE_CASES = {
     "one-tiny-task-beside-a-normal-one": ([[1.0, 0.5, 0.0], [1e-30, 0.0, 2e-30]], False),
     "one-overflowing-task": ([[1e30, 0.0, 2e29], [0.0, 1.0, 0.5]], True),
     "huge": ([[1e30, -3e29, 0.0], [2e29, 1e30, 4e29]], True),
+    # leaf "a" (first column) huge, leaf "b" tiny: s must follow the largest leaf
+    "huge-leaf-beside-a-tiny-leaf": ([[1e30, 1e-30, 0.0], [2e29, 0.0, 3e-30]], True),
 }
 
 
@@ -286,7 +288,7 @@ def test_gramian_is_rescued_exactly_when_documented(case):
   295, 308, 309: ``2.0**-100`` -> ``2.0*-100`` / ``4.0**-100`` / ``2.0**100`` /
   ``2.0**-101``; ``top = jnp.max(diag)`` -> ``.min``; ``bad = ~all(isfinite(g)) | (top <
   T)`` with ``| -> &``, ``drop ~``, ``.all -> .any``, ``< -> <=``) and of the rescaling
-  (line 315 ``Div -> Mult``, line 290's swapped where).
+  (line 315 ``Div -> Mult``, line 290's swapped where, line 287's ``.max -> .min``).
 
   Documented (``normalize_gramian``): when ``G`` overflows (any entry) or its *largest*
   diagonal entry is below 2^-100, the weighting gets ``G / s²`` with ``s`` the power of two
@@ -295,7 +297,9 @@ def test_gramian_is_rescued_exactly_when_documented(case):
   """
   rows, rescued = RESCUE_CASES[case]
   j = np.asarray(rows, np.float32)
-  _, seen = _RESCUE_UPDATE({"w": jnp.asarray(j)}, _RESCUE.init(None))
+  # two leaves, so that the largest magnitude is taken over leaves too
+  _, seen = _RESCUE_UPDATE({"a": jnp.asarray(j[:, :1]), "b": jnp.asarray(j[:, 1:])},
+                           _RESCUE.init(None))
   s = float(seen.scale)
   mx = float(np.abs(j).max())
   if rescued:
