@@ -110,6 +110,19 @@ NAMES = {"maximum": "minimum", "minimum": "maximum", "max": "min", "min": "max",
          "argmax": "argmin", "argmin": "argmax", "any": "all", "all": "any"}
 
 
+# The kill tests written for each group of modules (``--kill-tests-only`` runs a survivor
+# against its group's file and the shared one only: fewer tests can only kill fewer).
+KILL_GROUPS = {"weightax/weightings/_solvers.py": "tests/test_mutation_kills_solvers.py",
+               "weightax/weightings/": "tests/test_mutation_kills_weightings.py",
+               "weightax/aggregators/_base.py": "tests/test_mutation_kills_base_ghm.py",
+               "weightax/losses/ghm.py": "tests/test_mutation_kills_base_ghm.py"}
+
+
+def kill_tests(path: str) -> list[str]:
+  group = next((f for key, f in KILL_GROUPS.items() if path.startswith(key)), None)
+  return [t for t in EXTRA_TESTS if t == "tests/test_mutation_kills.py" or t == group]
+
+
 def targets() -> dict[str, list[str]]:
   out = dict(TARGETS)
   for d, tests in TARGET_DIRS.items():
@@ -365,7 +378,8 @@ def run(args: argparse.Namespace) -> None:
 
   def selection(path: str) -> tuple[list[str], str | None, str]:
     if args.kill_tests_only:  # the rest of the selection already ran on these mutants
-      return EXTRA_TESTS, None, " ".join(EXTRA_TESTS)
+      tests = kill_tests(path)
+      return tests, None, " ".join(tests)
     tests = EXTRA_TESTS + table[path]
     keyword = TARGET_K.get(path)
     return tests, keyword, " ".join(tests) + (f" -k {keyword}" if keyword else "")
