@@ -410,3 +410,32 @@ def test_gradvac_targets_are_an_exponential_moving_average():
     want = (1.0 - beta) * targets + beta * -0.6 * (1.0 - np.eye(2))
     want[np.diag_indices(2)] = 0.0
     np.testing.assert_allclose(np.asarray(new, np.float64), want, atol=1e-6, err_msg=f"{beta}")
+
+
+@pytest.mark.parametrize("alpha", [5.0, 10.0])
+def test_fairgrad_large_alpha_matches_scipy_least_squares(alpha):
+  """Mutant ``fairgrad.py:80 where(all(w > 0), value, inf) -> any(w > 0)``.
+
+  Documented: positive weights with ``Qw = w^(−1/α)`` (Q: ``Ĝ`` plus the relative
+  ridge, default 1e-6), for any α > 0; the other tests use α <= 3. For α >= 5 a Newton
+  step that overshoots some w_k below 0 has a lower objective once non-positive entries
+  count (``h(safe) = h(1)``), and the mutant takes it: weights off by 3 to 5e3 on
+  these random full-rank Gramians. Expected: LibMTL's solver, scipy's ``least_squares``
+  on the residual from ``1/K`` with ``w > 0``, in float64 (original: within 1.6e-6).
+  """
+  import scipy.optimize
+
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    j = rng.normal(size=(8, 12))
+    g = (j @ j.T).astype(np.float32)
+    g64 = g.astype(np.float64)
+    tr = np.trace(g64)
+    q = g64 / tr + np.diag(1e-6 * (np.diag(g64) / tr + 1e-6))
+    sol = scipy.optimize.least_squares(lambda w: q @ w - w ** (-1.0 / alpha), np.full(8, 1 / 8),
+                                       bounds=(0, np.inf), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    assert np.max(np.abs(sol.fun)) < 1e-10  # scipy converged
+    want = sol.x * tr ** (-alpha / (1.0 + alpha))
+    w = np.asarray(wx.weightings.fairgrad(jnp.asarray(g), alpha=alpha), np.float64)
+    assert np.all(w > 0)
+    np.testing.assert_allclose(w, want, rtol=1e-5)
