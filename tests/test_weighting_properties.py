@@ -330,6 +330,25 @@ def test_zero_gradients_get_the_documented_weights():
   np.testing.assert_allclose(w[[1, 3]], 0.25, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["upgrad", "dualproj"])
+def test_relative_ridge_protects_down_to_the_documented_floor(name):
+  # The docstrings: κ_k <= ε for every task down to ‖g_k‖ = 1.1e-19·max_j‖g_j‖ (√ of
+  # float32's smallest normal), and a smaller task counts as a zero gradient. A task at
+  # cosine −0.9 against a unit one, at norm ratios either side of the floor.
+  fn = getattr(ww, name)
+  direction = np.array([-0.9, np.sqrt(1 - 0.81)])
+  for ratio in (3e-19, 1e-15, 1e-6):
+    j = np.array([[1.0, 0.0], ratio * direction])  # float64 rows, float32 Gramian
+    w = np.asarray(fn(jnp.asarray(j @ j.T, jnp.float32), reg_eps=RIDGE, ridge="relative"),
+                   np.float64)
+    assert conflict(j, w)[1] <= RIDGE + 1e-5, (ratio, w)
+  j = np.array([[1.0, 0.0], 5e-20 * direction])
+  below = fn(jnp.asarray(j @ j.T, jnp.float32), reg_eps=RIDGE, ridge="relative")
+  zero = fn(jnp.asarray(np.diag([1.0, 0.0]), jnp.float32), reg_eps=RIDGE, ridge="relative")
+  np.testing.assert_allclose(below, zero, rtol=1e-6)
+  assert conflict(j, np.asarray(below, np.float64))[1] > 0.1  # not protected any more
+
+
 def test_upgrad_aggregator_passes_the_relative_ridge():
   j = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-0.01, -0.01, 0.003]], np.float32)
   for ridge, conflicts in [("trace", True), ("relative", False)]:

@@ -44,7 +44,8 @@ def dualproj(
   scale. With the default ``ridge="trace"``, ``<g_k, u> >= −reg_eps·tr(G)·w_k``
   (a task whose squared norm is small against ``reg_eps·Σ_j‖g_j‖²`` is not
   protected); ``ridge="relative"`` gives ``<g_k, u> >= −reg_eps·‖g_k‖²·w_k``
-  for every task. See :func:`weightax.weightings.dualproj`. Computed on the
+  for every task down to ``‖g_k‖ = 1.1e-19·max_j‖g_j‖`` (a smaller one counts
+  as zero). See :func:`weightax.weightings.dualproj`. Computed on the
   Gramian of the shared leaves; with a ``shared`` mask, task-specific leaves
   receive ``Σ_k g_k``. On K identical gradients ``g`` the update is
   ``(Σ_k u_k)·g``, ``g`` with the default preference.

@@ -40,7 +40,8 @@ def upgrad(
   ``<g_k, u> >= −reg_eps·tr(G)·w_k``, so a task whose squared gradient norm is
   small against ``reg_eps·Σ_j ‖g_j‖²`` is not protected (the update can point
   straight against it); ``ridge="relative"`` gives
-  ``<g_k, u> >= −reg_eps·‖g_k‖²·w_k`` for every task, whatever the norms. See
+  ``<g_k, u> >= −reg_eps·‖g_k‖²·w_k`` for every task, whatever the norms down
+  to ``‖g_k‖ = 1.1e-19·max_j‖g_j‖`` (a smaller one counts as zero). See
   :func:`weightax.weightings.upgrad` for the bounds and measured violations.
   The weights follow torchjd's ``UPGrad`` (preference vector ``1/K``, i.e.
   the mean, Gramian normalised by its trace plus ``reg_eps·I`` with

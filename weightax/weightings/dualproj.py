@@ -53,7 +53,8 @@ def dualproj(
   ``<g_k, Jᵀw> >= −ε·tr(G)·w_k`` with ``ridge="trace"`` (a task whose squared
   gradient norm is small against ``ε·tr(G)`` is not protected), and
   ``<g_k, Jᵀw> >= −ε·‖g_k‖²·w_k`` with ``ridge="relative"`` (κ_k <= ε for
-  every task; the QP is then solved on the cosine matrix plus ``εI``, so
+  every task down to ``‖g_k‖ = 1.1e-19·max_j‖g_j‖``, below which a task counts
+  as a zero gradient; the QP is then solved on the cosine matrix plus ``εI``, so
   float32 is accurate for any spread of the norms, and a task with a zero
   gradient keeps ``w_k = u_k``).
 

@@ -64,7 +64,10 @@ def upgrad(
     K <= 10) the worst measured κ is 1.00: an update straight against a
     small task.
   - ``ridge="relative"``: ``<g_k, u> >= −ε·‖g_k‖²·w_k``, so ``κ_k <= ε``
-    whatever the norms (up to float32 rounding, below ``1e-5``); the worst
+    whatever the norms (up to float32 rounding, below ``1e-5``), down to
+    ``‖g_k‖ = 1.1e-19·max_j‖g_j‖`` (√ of float32's smallest normal number): a
+    task below that ratio is treated as a zero gradient and not protected;
+    the worst
     measured κ on the same Gramians is ``5.0e-5`` for ``ε = 1e-4``. The
     cosine can still be near −1 when the gradients (nearly) cancel, i.e.
     when ``‖u‖`` is itself within a factor ε of ``Σ_j w_j‖g_j‖``. The QPs
