@@ -39,7 +39,7 @@ def imtl_g(gramian: jax.Array) -> jax.Array:
   ``v`` is then the least-squares solution of the equal-projection condition
   with every task counted equally; torchjd's ``G⁺√diag(G)`` instead weighs
   task k's residual by ``‖g_k‖``, so the two differ only for dependent
-  gradients. Tasks with a zero gradient (squared norm below ``tiny·max_k G_kk``)
+  gradients. Tasks with a zero gradient (squared norm at most ``tiny·max_k G_kk``)
   get weight 0. When the condition has no solution but zero (e.g. two opposite
   gradients, ``C⁺1 = 0``) or ``Σ_k w_k`` vanishes, the direction is undefined
   and the weights are zero, as in torchjd. Invariant to a positive rescaling
