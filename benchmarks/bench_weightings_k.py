@@ -26,6 +26,12 @@ By default every call is interleaved with the other side's, so each call
 starts with caches that the other library (and the other methods) used
 last; ``--block N`` times N consecutive calls of one side instead (the cost
 of a weighting called repeatedly, as in a loop of its own).
+``--in-program N`` adds two more sides to every repetition: weightax's weighting
+inside one compiled program, ``jit(lax.map(weighting))`` over ``N`` other
+Gramians (time per Gramian: the cost a training step that calls the weighting
+inside its own ``jit`` pays), and the floor of any jitted call from Python, a
+``jit`` that returns ``G``'s first row (``dispatch floor``). A standalone call
+costs at least the floor, whatever the weighting computes.
 Both wall-clock and process CPU time are recorded (the latter is robust to a
 loaded machine; it sums the threads of both libraries). torch runs on one
 thread (``--torch-threads``), ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` and
@@ -132,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--block", type=int, default=1,
                       help="time this many consecutive calls of one side, then of the other "
                       "(per-call mean of each block): 1 interleaves every call")
+  parser.add_argument("--in-program", type=int, default=0,
+                      help="also time the weighting inside jit(lax.map) over this many "
+                      "Gramians (per Gramian) and a trivial jitted call (the dispatch floor); "
+                      "0: off")
   parser.add_argument("--torch-threads", type=int, default=1,
                       help="torch.set_num_threads (0: torch's default)")
   parser.add_argument("--quick", action="store_true",
@@ -141,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.quick:
     args.ks, args.reps, args.gramians = "2,4,8", 3, 1
+  if args.in_program < 0:
+    parser.error(f"--in-program must be >= 0; got {args.in_program}")
   ks = [int(s) for s in args.ks.split(",")]
   methods = [m for m in args.methods.split(",") if m]
   unknown = sorted(set(methods) - set(METHODS))
@@ -157,6 +169,18 @@ def main(argv: list[str] | None = None) -> None:
     g_jax = [jnp.asarray(g) for g in gs]
     g_torch = [torch.from_numpy(g) for g in gs]
     fns = {m: (weightax_fn(m, k), torchjd_fn(m, k)) for m in methods}
+    n_prog = args.in_program
+    if n_prog:
+      stack = jnp.asarray(np.stack(gramians(k, n_prog, args.spread, args.seed + 1)))
+      mapped = {m: jax.jit(lambda s, f=fw: jax.lax.map(f, s)) for m, (fw, _) in fns.items()}
+      floor_fn = jax.jit(lambda g: g[0])
+      jax.block_until_ready(floor_fn(g_jax[0]))
+      for m in methods:  # compile; check against the standalone calls on the same Gramians
+        w_map = np.asarray(mapped[m](stack))
+        w_one = np.stack([np.asarray(fns[m][0](g)) for g in stack])
+        if not np.allclose(w_map, w_one, rtol=1e-4, atol=1e-6 * np.abs(w_one).max()):
+          raise SystemExit(f"{m} at K={k}: lax.map's weights differ from the standalone "
+                           f"calls' by {np.abs(w_map - w_one).max():.2e}")
     diff = {}
     for m, (fw, ft) in fns.items():
       errs = []
@@ -165,25 +189,39 @@ def main(argv: list[str] | None = None) -> None:
         wt = np.asarray(ft(gt), np.float64)
         errs.append(np.max(np.abs(w - wt)) / max(np.max(np.abs(wt)), 1e-30))
       diff[m] = float(max(errs))
-    times = {m: ([], []) for m in methods}
+    times = {m: ([], [], [], []) for m in methods}
     for rep in range(args.reps):
       i = rep % len(gs)
       for m, (fw, ft) in fns.items():
         calls = [(0, lambda: jax.block_until_ready(fw(g_jax[i])))]
         if not (m in SLOW and k >= 32 and rep >= args.slow_reps):
           calls.append((1, lambda: ft(g_torch[i])))
+        if n_prog:
+          calls.append((2, lambda: jax.block_until_ready(mapped[m](stack))))
+          calls.append((3, lambda: jax.block_until_ready(floor_fn(g_jax[i]))))
         for side, call in calls[::1 if rep % 2 == 0 else -1]:  # alternate which side goes first
           n = 1 if (m in SLOW and side == 1) else args.block
+          per = n * (n_prog if side == 2 else 1)
           t0, c0 = time.perf_counter(), time.process_time()
           for _ in range(n):
             call()
-          times[m][side].append(((time.perf_counter() - t0) / n, (time.process_time() - c0) / n))
+          times[m][side].append(((time.perf_counter() - t0) / per,
+                                 (time.process_time() - c0) / per))
     for m in methods:
-      (tw, cw), (tt, ct) = (1e3 * np.median(np.asarray(t), axis=0) for t in times[m])
+      (tw, cw), (tt, ct) = (1e3 * np.median(np.asarray(t), axis=0) for t in times[m][:2])
       results[(m, k)] = {"method": m, "k": k, "weightax_ms": tw, "torchjd_ms": tt,
                          "ratio": tw / tt, "weightax_cpu_ms": cw, "torchjd_cpu_ms": ct,
                          "cpu_ratio": cw / ct, "max_rel_diff": diff[m],
                          "reps": [len(times[m][0]), len(times[m][1])]}
+      if n_prog:
+        (tp, cp), (tf, cf) = (1e3 * np.median(np.asarray(t), axis=0) for t in times[m][2:])
+        results[(m, k)].update({
+            "in_program_ms": tp, "in_program_cpu_ms": cp, "in_program_ratio": tp / tt,
+            "in_program_cpu_ratio": cp / ct, "floor_ms": tf, "floor_cpu_ms": cf,
+            "floor_ratio": tf / tt, "floor_cpu_ratio": cf / ct})
+        print(f"K={k:3d} {m:12s} in lax.map of {n_prog}: {tp:9.4f} ms per Gramian "
+              f"(ratio {tp / tt:7.3f}); dispatch floor {tf:7.4f} ms (ratio {tf / tt:6.3f})",
+              file=sys.stderr, flush=True)
       print(f"K={k:3d} {m:12s} weightax {tw:9.3f} ms  torchjd {tt:9.3f} ms  "
             f"ratio {tw / tt:7.3f}  (CPU time {cw:9.3f} / {ct:9.3f} ms, {cw / ct:7.3f})  "
             f"max|Δw|/max|w| {diff[m]:.1e}", file=sys.stderr, flush=True)
@@ -219,6 +257,26 @@ def main(argv: list[str] | None = None) -> None:
                      f" ({mark}{ratio:.2g}{mark})")
       worst = max(results[(m, k)]["max_rel_diff"] for k in ks)
       lines.append(f"| {m} | " + " | ".join(cells) + f" | {worst:.1e} |")
+  if args.in_program:
+    for clock, suffix in (("wall-clock", ""), ("process CPU time", "cpu_")):
+      lines += [
+          "",
+          f"Median {clock} ms, weightax inside `jit(lax.map)` over {args.in_program} Gramians "
+          "(per Gramian) / torchjd's call (ratio), and the dispatch floor (a jitted call "
+          "returning G's first row) / torchjd's call (ratio).",
+          "",
+          "| method | " + " | ".join(f"K = {k}" for k in ks) + " |",
+          "|---|" + "---:|" * len(ks),
+      ]
+      for m in methods:
+        cells = []
+        for k in ks:
+          r = results[(m, k)]
+          cells.append(f"{r['in_program_' + suffix + 'ms']:.3f} / "
+                       f"{r['torchjd_' + suffix + 'ms']:.2f} "
+                       f"({r['in_program_' + suffix + 'ratio']:.2g}); floor "
+                       f"{r['floor_' + suffix + 'ms']:.3f} ({r['floor_' + suffix + 'ratio']:.2g})")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
   text = "\n".join(lines)
   print(text)
   if args.out:

@@ -62,3 +62,52 @@ def test_bench_gramian_calls_and_agreement(tmp_path):
 
   bad = _run("benchmarks/bench_gramian.py", "--quick", "--calls", "0")
   assert bad.returncode == 2 and "--calls and --reps must be at least 1" in bad.stderr
+
+
+def test_bench_weightings_k_in_program(tmp_path):
+  """``--in-program``: the weighting inside ``jit(lax.map)`` and the dispatch floor, per Gramian.
+
+  Needs the ``bench`` extra (torchjd is the other side of every ratio); skipped without it.
+  """
+  import importlib.util
+  import json
+
+  import pytest
+
+  if importlib.util.find_spec("torchjd") is None:
+    pytest.skip("needs the bench extra (torchjd)")
+  r = _run("benchmarks/bench_weightings_k.py", "--ks", "3,5", "--methods", "dualproj,imtl_g",
+           "--reps", "3", "--gramians", "2", "--in-program", "4", "--out", str(tmp_path))
+  assert r.returncode == 0, r.stderr
+  res = json.loads((tmp_path / "summary.json").read_text())["results"]
+  assert sorted((x["method"], x["k"]) for x in res) == [
+      ("dualproj", 3), ("dualproj", 5), ("imtl_g", 3), ("imtl_g", 5)]
+  for x in res:
+    for key in ("in_program", "floor"):
+      assert x[f"{key}_ms"] > 0
+      assert x[f"{key}_ratio"] == pytest.approx(x[f"{key}_ms"] / x["torchjd_ms"])
+      assert x[f"{key}_cpu_ratio"] == pytest.approx(x[f"{key}_cpu_ms"] / x["torchjd_cpu_ms"])
+  text = (tmp_path / "summary.md").read_text()
+  assert "inside `jit(lax.map)` over 4 Gramians (per Gramian)" in text
+
+  bad = _run("benchmarks/bench_weightings_k.py", "--quick", "--in-program", "-1")
+  assert bad.returncode == 2 and "--in-program must be >= 0; got -1" in bad.stderr
+
+
+def test_bench_call_overhead_quick():
+  r = _run("benchmarks/bench_call_overhead.py", "--quick", "--methods", "dualproj")
+  assert r.returncode == 0, r.stderr
+  rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ")][1:]
+  assert [row[0].strip() for row in rows] == ["trivial jit (G's first row)", "cholesky",
+                                              "dualproj"]
+  sizes = {row[0].strip(): [int(c) for c in row[4:]] for row in rows}
+  # The trivial program is at most one fusion; DualProj's pivoting and fallback are while loops,
+  # its Cholesky and triangular solves LAPACK calls on the CPU.
+  fusions, loops, calls = sizes["trivial jit (G's first row)"]
+  assert fusions <= 1 and loops == 0 and calls == 0
+  assert sizes["cholesky"][2] >= 1 and sizes["dualproj"][1] >= 2 and sizes["dualproj"][2] >= 3
+  for row in rows:
+    assert all(float(c) > 0 for c in row[1:4])
+
+  bad = _run("benchmarks/bench_call_overhead.py", "--methods", "dualproj,nope")
+  assert bad.returncode == 2 and "['nope'] are not in weightax.weightings" in bad.stderr
