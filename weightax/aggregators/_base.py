@@ -241,7 +241,13 @@ def with_task_weights(state: Any, weights: jax.Array | None, num_tasks: int | No
 
 
 def combine(task_grads: Any, weights: jax.Array) -> Any:
-  """``Σ_k w_k g_k`` leafwise, accumulated in float32 and cast back to each leaf's dtype."""
+  """``Σ_k w_k g_k`` leafwise, accumulated in float32 and cast back to each leaf's dtype.
+
+  At ``Precision.HIGHEST``, so that a GPU does not round the gradients to TF32 in
+  the sum (see :func:`weightax.gramian`): the weights were chosen for these rows.
+  """
+
+  highest = jax.lax.Precision.HIGHEST
 
   def one(g: jax.Array) -> jax.Array:
     acc = jnp.promote_types(g.dtype, jnp.float32)
@@ -250,9 +256,9 @@ def combine(task_grads: Any, weights: jax.Array) -> Any:
       # weightax.jacobian._task_rows): combining in that order and transposing the
       # [out, in] result copies a K-th of what transposing the Jacobian would.
       out = jnp.swapaxes(jnp.tensordot(weights.astype(acc), jnp.swapaxes(g, 1, 2).astype(acc),
-                                       axes=1), 0, 1)
+                                       axes=1, precision=highest), 0, 1)
     else:
-      out = jnp.tensordot(weights.astype(acc), g.astype(acc), axes=1)
+      out = jnp.tensordot(weights.astype(acc), g.astype(acc), axes=1, precision=highest)
     return out.astype(g.dtype)
 
   return jax.tree.map(one, task_grads)

@@ -117,7 +117,9 @@ def nash_mtl(
     else:
       cached = state.alpha
     a_hat = alpha * scale
-    norm = jnp.sqrt(jnp.maximum(a_hat @ (gramian @ a_hat), 0.0))  # ‖Jᵀα‖
+    hi = jax.lax.Precision.HIGHEST  # K x K: no TF32 on GPUs
+    norm = jnp.sqrt(jnp.maximum(jnp.dot(a_hat, jnp.dot(gramian, a_hat, precision=hi),
+                                        precision=hi), 0.0))  # ‖Jᵀα‖
     limit = jnp.asarray(max_norm, jnp.float32)
     clip = (limit > 0) & (norm > limit)
     factor = jnp.where(clip, limit / jnp.where(clip, norm, 1.0), 1.0)
