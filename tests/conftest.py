@@ -16,7 +16,7 @@ jax.config.update("jax_enable_x64", False)
 # the references here, which check the mathematics in float32. Measured on an H200 (JAX
 # 0.11.2): 14 of the 34 tests of test_gramian_free/test_jacobian/test_sweep failed by
 # 2e-5 to 3e-3 relative under the default and pass under "highest". Where JAX already
-# computes float32 products in float32 (the CPU), this changes nothing. Users keep JAX's
+# computes float32 products in float32 (the CPU), this changes nothing. Users' models keep JAX's
 # default; BENCHMARKS.md reports the GPU's agreement under both.
 if jax.default_backend() != "cpu":
   jax.config.update("jax_default_matmul_precision", "highest")
