@@ -312,6 +312,37 @@ def test_dtype_preserved(name, dtype):
   assert _finite(outs)
 
 
+def _jitted_run(name, problem, dtype):
+  """T jitted updates of a fresh aggregator on ``problem`` (_setup()'s) cast to ``dtype``."""
+  params, grads, losses, keys = jax.tree.map(
+      lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      problem)
+  tx = _make(name)
+  update = jax.jit(lambda g, s, p, ls, k: tx.update(g, s, p, task_losses=ls, key=k))
+  state, outs = tx.init(params), []
+  for t in range(T):
+    u, state = update(_at(grads, t), state, params, losses[t], keys[t])
+    outs.append(u)
+  return jax.tree.map(lambda *xs: np.stack(xs), *outs)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_float64_under_x64(name):
+  """With ``jax_enable_x64`` on (a float64 reference run), float64 gradients and losses go
+  through jitted updates and come out float64 and finite, and the updates are the float32
+  run's up to float32 rounding. Before the fix, UPGrad, DualProj, MGDA and CAGrad raised a
+  TypeError: the NNQP's while-loop carry turned from int32 into x64's default int64."""
+  problem = _setup()  # drawn in float32 (under x64 the random draws would be float64)
+  want = _jitted_run(name, problem, jnp.float32)
+  with jax.enable_x64(True):
+    got = _jitted_run(name, problem, jnp.float64)
+  assert {x.dtype for x in jax.tree.leaves(got)} == {np.dtype(np.float64)}
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(got))
+  if name == "graddrop":  # its uniform threshold is drawn in the gradients' dtype: another U
+    return
+  _close(got, want, rtol=2e-4, atol=1e-5)
+
+
 def _degenerate(case):
   g = _grads(jax.random.key(8), k=1)
   if case == "zero":

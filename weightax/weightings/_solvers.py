@@ -187,7 +187,9 @@ def _nnqp_pivoting(q: jax.Array, c: jax.Array, num_iters: int, cholesky: bool = 
     when it stopped stuck.
   """
   k = c.shape[0]
-  idx = jnp.arange(k)
+  # int32 throughout, as the carry's initial values: under jax_enable_x64 the defaults
+  # of arange and sum are int64, and the while loop's carry would change type.
+  idx = jnp.arange(k, dtype=jnp.int32)
   backup = 3
 
   def cond(carry):
@@ -196,7 +198,7 @@ def _nnqp_pivoting(q: jax.Array, c: jax.Array, num_iters: int, cholesky: bool = 
 
   def body(carry):
     it, free, z, viol, best, tries, prev, _ = carry
-    n = jnp.sum(viol)
+    n = jnp.sum(viol, dtype=jnp.int32)
     better = n < best
     block = better | (tries > 0)
     last = jnp.max(jnp.where(viol, idx, -1))
