@@ -35,10 +35,11 @@ def _merge(mask: Any, shared_part: Any, head_part: Any) -> Any:
 def _gramian_rows(f_jvp: Callable[..., Any], f_vjp: Callable[..., Any], k: int, dtype: Any,
                   tangent: Callable[[Any], tuple[Any, ...]], batch_size: int | None) -> jax.Array:
   """``G[k] = J (Jᵀ e_k)`` for each k under ``lax.map``: one VJP and one JVP per task."""
+  acc = jnp.promote_types(dtype, jnp.float32)  # float64 losses (x64) keep a float64 G
 
   def row(e: jax.Array) -> jax.Array:
     g = f_vjp(e)
-    return f_jvp(*tangent(g)).astype(jnp.float32)
+    return f_jvp(*tangent(g)).astype(acc)
 
   g = jax.lax.map(row, jnp.eye(k, dtype=dtype), batch_size=batch_size)
   # The two triangles come from different products; average away their rounding.
@@ -71,8 +72,9 @@ def value_and_gramian(
   many tasks at once, trading memory back for speed). This is the idea of
   torchjd's Gramian engine (autogram).
 
-  ``G`` is returned in float32 (the rows are cast after the JVP, which runs in
-  the losses' dtype) and symmetrised as ``(G + Gᵀ)/2``. Unlike the Gramian
+  ``G`` is returned in float32, or float64 for float64 losses (under
+  ``jax_enable_x64``; the rows are cast after the JVP, which runs in the
+  losses' dtype) and symmetrised as ``(G + Gᵀ)/2``. Unlike the Gramian
   aggregators, it is not recomputed from rescaled gradients when it
   overflows or underflows (squared gradient norms outside float32's range).
 
@@ -91,8 +93,8 @@ def value_and_gramian(
 
   Returns:
     A function with the signature of ``fun`` returning ``(losses, G)``, or
-    ``((losses, aux), G)`` with ``has_aux``; ``G`` is ``[K, K]`` float32
-    (zeros when the mask selects no leaf).
+    ``((losses, aux), G)`` with ``has_aux``; ``G`` is ``[K, K]`` float32 (float64
+    for float64 losses; float32 zeros when the mask selects no leaf).
 
   Example:
     >>> import jax.numpy as jnp, weightax as wx
@@ -195,7 +197,8 @@ class GramianWeighting(NamedTuple):
     if jax.tree.leaves(sh):
       g = _gramian_rows(f_jvp, f_vjp, k, losses.dtype, lambda ct: (ct[0], zeros_hd),
                         self.batch_size)
-      w = jnp.asarray(self.weighting(g, **self.hparams), jnp.float32)
+      w = jnp.asarray(self.weighting(g, **self.hparams))
+      w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
     else:
       w = jnp.ones((k,), jnp.float32)
     if w.shape != (k,):
@@ -205,7 +208,7 @@ class GramianWeighting(NamedTuple):
       _, u_hd = f_vjp(jnp.ones((k,), losses.dtype))
     else:
       u_hd = hd
-    return (losses, aux), _merge(mask, u_sh, u_hd), GramianWeightingState(w)
+    return (losses, aux), _merge(mask, u_sh, u_hd), GramianWeightingState(w.astype(jnp.float32))
 
 
 def gramian_weighting(weighting: Callable[..., jax.Array], *, num_tasks: int,

@@ -102,11 +102,12 @@ def num_tasks(task_grads: Any) -> int:
   return sizes.pop()
 
 
-def gramian(task_grads: Any, *, dtype: Any = jnp.float32) -> jax.Array:
+def gramian(task_grads: Any, *, dtype: Any = None) -> jax.Array:
   """The Gramian ``G = J Jᵀ`` of the per-task gradients, shape ``[K, K]``.
 
   ``G[i, j] = <g_i, g_j>`` summed over every leaf. Accumulated in ``dtype``
-  (float32 by default) so that bfloat16 gradients do not lose the inner
+  (by default float32, or float64 when a gradient is float64, as under
+  ``jax_enable_x64``) so that bfloat16 gradients do not lose the inner
   products to rounding, and at ``Precision.HIGHEST``: on a GPU, JAX's default
   float32 product rounds its inputs to TF32 (a 10-bit mantissa), which would
   move the Gramian, and with it every guarantee a weighting gives, by ~1e-4
@@ -114,7 +115,8 @@ def gramian(task_grads: Any, *, dtype: Any = jnp.float32) -> jax.Array:
 
   Args:
     task_grads: pytree whose leaves all have a leading task axis K.
-    dtype: accumulation dtype.
+    dtype: accumulation dtype; ``None``: the gradients' dtype promoted to at least
+      float32.
 
   Returns:
     The ``[K, K]`` symmetric positive semi-definite Gramian.
@@ -125,6 +127,8 @@ def gramian(task_grads: Any, *, dtype: Any = jnp.float32) -> jax.Array:
     [[1.0, 1.0], [1.0, 2.0]]
   """
   k = num_tasks(task_grads)
+  if dtype is None:
+    dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(task_grads)), jnp.float32)
   out = jnp.zeros((k, k), dtype)
   for leaf in jax.tree.leaves(task_grads):
     flat = _task_rows(leaf, k).astype(dtype)

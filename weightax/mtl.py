@@ -211,7 +211,8 @@ def representation_grads(
     cotangent, state = weighting.update(z_jac, state, z, task_losses=losses, key=key)
     weights = None
   else:
-    weights = jnp.asarray(weighting(gramian(z_jac)), jnp.float32)
+    weights = jnp.asarray(weighting(gramian(z_jac)))
+    weights = weights.astype(jnp.promote_types(weights.dtype, jnp.float32))  # float64 under x64
     if weights.shape != (k,):
       raise ValueError(
           f"representation_grads: weighting returned shape {weights.shape}; expected ({k},)."

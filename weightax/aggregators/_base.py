@@ -318,7 +318,8 @@ def _rescue_gramian(g: jax.Array, shared_grads: Any) -> tuple[jax.Array, jax.Arr
 
   def rescaled(_: Any) -> tuple[jax.Array, jax.Array]:
     scale = _pow2_scale(rows)
-    return _gramian([x.astype(jnp.float32) / scale for x in rows]), scale
+    scale = scale.astype(g.dtype)
+    return _gramian([x.astype(g.dtype) / scale for x in rows]), scale
 
   def plain(_: Any) -> tuple[jax.Array, jax.Array]:
     # ones_like(top), not a constant: inside shard_map both branches must vary alike.
@@ -419,7 +420,9 @@ def gramian_aggregator(
       weights, state = weight_fn(g, losses, state, key, scale=scale)
     else:
       weights, state = weight_fn(g, losses, state, key)
-    weights = jnp.asarray(weights, jnp.float32)
+    # float32, or float64 when the weighting computed them so (a float64 Gramian).
+    weights = jnp.asarray(weights)
+    weights = weights.astype(jnp.promote_types(weights.dtype, jnp.float32))
     if weights.shape != (k,):
       raise AssertionError(f"{name}: weighting returned shape {weights.shape}, expected ({k},)")
     return apply_weights(task_grads, weights, mask), with_task_weights(state, weights, num_tasks)

@@ -123,7 +123,8 @@ def nash_mtl(
     limit = jnp.asarray(max_norm, jnp.float32)
     clip = (limit > 0) & (norm > limit)
     factor = jnp.where(clip, limit / jnp.where(clip, norm, 1.0), 1.0)
-    return alpha * factor, NashMTLState(count=optax.safe_increment(state.count), alpha=cached)
+    return alpha * factor, NashMTLState(count=optax.safe_increment(state.count),
+                                        alpha=cached.astype(state.alpha.dtype))
 
   return gramian_aggregator(
       weight_fn, init_fn, num_tasks=num_tasks, shared=shared, name=_NAME, normalize_gramian=True
