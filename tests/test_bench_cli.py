@@ -111,3 +111,30 @@ def test_bench_call_overhead_quick():
 
   bad = _run("benchmarks/bench_call_overhead.py", "--methods", "dualproj,nope")
   assert bad.returncode == 2 and "['nope'] are not in weightax.weightings" in bad.stderr
+
+
+def test_gpu_suite_reports_passes_failures_skips_and_bad_shards(tmp_path):
+  """``gpu_suite.sh`` (the suite on an accelerator) on the CPU, on a file with one test of
+  each outcome: pytest's exit status comes through, and summary.md counts each outcome and
+  names the failure with its message. A wrong ``SHARD`` is refused before pytest runs."""
+  probe = tmp_path / "test_probe.py"
+  probe.write_text("import pytest\n\ndef test_ok():\n  pass\n\n"
+                   "def test_bad():\n  assert 1 == 2, 'one is not two'\n\n"
+                   "def test_later():\n  pytest.skip('not here')\n")
+  out = tmp_path / "out"
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PY": sys.executable,
+         "OUT": str(out), "FILES": str(probe), "WORKERS": "0"}
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1, r.stdout + r.stderr  # pytest's status: a test failed
+  summary = (out / "summary.md").read_text()
+  assert "| 1 | 1 | 0 | 1 | 0 |" in summary  # passed, failed, errors, skipped, interrupted
+  bad = [line for line in summary.splitlines() if "test_bad" in line]
+  assert len(bad) == 1 and bad[0].startswith("| failed |") and "one is not two" in bad[0]
+  assert not any("test_ok" in line or "test_later" in line for line in summary.splitlines())
+  assert (out / "env.txt").read_text().count("jax") >= 1
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh"], cwd=ROOT,
+                     env={**env, "SHARD": "3/2", "OUT": str(tmp_path / "o2")},
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2 and "SHARD must be i/n" in r.stderr
+  assert not list((tmp_path / "o2").glob("junit-*.xml"))
