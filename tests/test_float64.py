@@ -12,6 +12,7 @@ float64 (IMTL-G's closed form ``w ∝ G⁻¹√diag(G)``, ``Σw = 1``).
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -105,3 +106,40 @@ def test_fit_in_float64_keeps_float64_parameters():
                      optax.sgd(1.0), data, key=jax.random.key(0), num_steps=1, batch_size=2)
     assert fit.params["w"].dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(fit.params["w"]), -(_imtl_g64(j) @ j), rtol=1e-10)
+
+
+# The methods whose weights come from the Gramian alone; each records its weights in the
+# float32 field task_weights, and Nash-MTL also caches them in float32 between refreshes.
+GRAMIAN_ONLY = ["upgrad", "dualproj", "mgda", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl",
+                "fairgrad", "krum", "config", "pcgrad"]
+RECORDED = {"nash_mtl": 2}
+# docs/conventions.md: these cast nothing to float32.
+NO_CAST = ["linear_scalarization", "trimmed_mean", "graddrop"]
+RECORDED.update(dict.fromkeys(NO_CAST, 0))
+
+
+@pytest.mark.parametrize("name", GRAMIAN_ONLY + NO_CAST)
+def test_methods_compute_in_float64(name):
+  """Under x64 with float64 gradients, nothing on the way from the gradients to the update
+  is cast to float32: the program's only float32 conversions are scalars (the power of two
+  that rescales a Gramian, exact in any dtype) and the ``[K]`` weights the state records.
+  (IMTL-G's float64 accuracy is measured above; this covers every Gramian-only method,
+  and the methods docs/conventions.md says cast nothing.)"""
+  r = np.random.default_rng(2)
+  with jax.enable_x64(True):
+    params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+    grads = {"w": jnp.asarray(r.normal(size=(3, 4, 3))), "b": jnp.asarray(r.normal(size=(3, 3)))}
+    tx = getattr(wx, name)(num_tasks=3)
+    jaxpr = jax.make_jaxpr(lambda g, s, k: tx.update(g, s, params, key=k))(
+        grads, tx.init(params), jax.random.key(0))
+
+  def casts(jaxpr):  # the shapes cast to float32, inside cond, while, pjit, custom_jvp too
+    for eqn in jaxpr.eqns:
+      if (eqn.primitive.name in ("convert_element_type", "bitcast_convert_type")
+          and eqn.outvars[0].aval.dtype == jnp.float32):
+        yield eqn.outvars[0].aval.shape
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        yield from casts(sub)
+
+  shapes = list(casts(jaxpr.jaxpr))
+  assert [s for s in shapes if s != ()] == [(3,)] * RECORDED.get(name, 1), shapes

@@ -87,6 +87,14 @@ def value_and_jacobian(
   return wrapped
 
 
+# Appended to the errors for task gradients that do not look like a Jacobian: the usual
+# cause is an aggregator wrapped by something that passes parameter-shaped updates.
+CHAIN_ORDER_HINT = (
+    "An aggregator takes the Jacobian (every leaf [K, *param.shape]), so it comes first in an "
+    "optax.chain; wrappers of parameter-shaped updates, such as optax.MultiSteps for gradient "
+    "accumulation, go after it.")
+
+
 def num_tasks(task_grads: Any) -> int:
   """The size K of the leading task axis shared by every leaf of ``task_grads``."""
   leaves = jax.tree.leaves(task_grads)
@@ -97,7 +105,7 @@ def num_tasks(task_grads: Any) -> int:
     shapes = [jnp.shape(x) for x in leaves]
     raise ValueError(
         "Every leaf of task_grads must have the same leading task axis K; "
-        f"got leaf shapes {shapes}."
+        f"got leaf shapes {shapes}. {CHAIN_ORDER_HINT}"
     )
   return sizes.pop()
 

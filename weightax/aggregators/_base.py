@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from weightax.jacobian import _task_rows
+from weightax.jacobian import CHAIN_ORDER_HINT, _task_rows
 from weightax.jacobian import gramian as _gramian
 from weightax.jacobian import num_tasks as _num_tasks
 
@@ -124,7 +124,7 @@ def check_task_grads(
   if expected is not None and k != expected:
     raise ValueError(
         f"{name} was built with num_tasks={expected}, but task_grads has a leading task axis "
-        f"of size {k}."
+        f"of size {k}. {CHAIN_ORDER_HINT}"
     )
   return k
 
