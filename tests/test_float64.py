@@ -143,3 +143,20 @@ def test_methods_compute_in_float64(name):
 
   shapes = list(casts(jaxpr.jaxpr))
   assert [s for s in shapes if s != ()] == [(3,)] * RECORDED.get(name, 1), shapes
+
+
+@pytest.mark.parametrize("name", ["upgrad", "mgda", "imtl_g", "dualproj"])
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_float64_gradients_beyond_float32s_range(name, scale):
+  """Gradients of 1e±200 (float64 only): their Gramian (1e±400) leaves float64's range,
+  so the aggregators rescale the gradients by a power of two, found in float64 (in
+  float32, 1e200 is infinite and the rescue gave up: updates off by 10-75%). These
+  methods' updates scale with the gradients: u(cJ) = c·u(J)."""
+  j = np.random.default_rng(0).normal(size=(3, 5))
+  with jax.enable_x64(True):
+    tx = getattr(wx, name)()
+    p = {"w": jnp.zeros(5)}
+    big, _ = tx.update({"w": jnp.asarray(j * scale)}, tx.init(p), p)
+    one, _ = tx.update({"w": jnp.asarray(j)}, tx.init(p), p)
+  np.testing.assert_allclose(np.asarray(big["w"]) / scale, np.asarray(one["w"]), rtol=1e-12,
+                             atol=1e-14)

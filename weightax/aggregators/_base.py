@@ -290,10 +290,13 @@ def _pow2_scale(tree: Any) -> jax.Array:
 
   Dividing by a power of two is exact, so the rescaled Gramian loses nothing to it.
   """
-  m = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree.leaves(tree)]))
+  leaves = jax.tree.leaves(tree)
+  # float32, or float64 for float64 gradients, whose magnitudes float32 may not hold.
+  acc = jnp.promote_types(jnp.result_type(*leaves), jnp.float32)
+  m = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(acc) for x in leaves]))
   _, e = jnp.frexp(m)
   ok = jnp.isfinite(m) & (m > 0)
-  return jnp.where(ok, jnp.ldexp(jnp.ones((), jnp.float32), e), jnp.ones((), jnp.float32))
+  return jnp.where(ok, jnp.ldexp(jnp.ones((), acc), e), jnp.ones((), acc))
 
 
 # Below this largest squared norm, squares of gradient entries are near float32's
