@@ -138,3 +138,22 @@ def test_gpu_suite_reports_passes_failures_skips_and_bad_shards(tmp_path):
                      capture_output=True, text=True, timeout=60)
   assert r.returncode == 2 and "SHARD must be i/n" in r.stderr
   assert not list((tmp_path / "o2").glob("junit-*.xml"))
+
+
+def test_fairgrad_accuracy_table(tmp_path):
+  """``fairgrad_accuracy.py`` (the table of FairGrad's float32 error in the stop notes): one
+  row per α and spread with counts no larger than the problems solved, errors within the
+  documented 1e-4 at α = 1, norms over e^±2; bad options refused."""
+  r = _run("benchmarks/fairgrad_accuracy.py", "--alphas", "1,20", "--spreads", "2",
+           "--problems", "3")
+  assert r.returncode == 0, r.stderr
+  rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "e^±" in line]
+  assert [row.split("|")[1].strip() for row in rows] == ["1", "20"]
+  for row in rows:
+    _, alpha, spread, solved, first, n_first, default, n_default, _ = row.split("|")
+    assert spread.strip() == "e^±2" and 0 < int(solved) <= 3
+    assert 0 <= int(n_first) <= int(solved) and 0 <= int(n_default) <= int(solved)
+    if alpha.strip() == "1":
+      assert float(default) < 1e-4 and int(n_default) == 0
+  bad = _run("benchmarks/fairgrad_accuracy.py", "--alphas", "0", "--problems", "1")
+  assert bad.returncode == 2 and "α > 0" in bad.stderr
