@@ -141,13 +141,18 @@ def fairgrad(
   return jnp.exp(u - alpha / (1.0 + alpha) * jnp.log(safe_trace))
 
 
-def _log_residual(u: jax.Array, q: jax.Array, p: jax.Array) -> jax.Array:
-  """``Σ_k (log (Qw)_k + p·u_k)²`` for ``w = exp(u)`` (``[..., K] -> [...]``); +inf where
-  a gain is not positive or anything is not finite."""
+def _log_equations(u: jax.Array, q: jax.Array,
+                   p: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(Qw, e, Σ_k e_k²)`` with ``e_k = log (Qw)_k + p·u_k`` for ``w = exp(u)``
+  (``[..., K]``); the sum is +inf where a gain is not positive or anything is not finite."""
   gains = jnp.exp(u) @ q
   ok = jnp.all((gains > 0) & jnp.isfinite(gains) & jnp.isfinite(u), axis=-1)
   e = jnp.log(jnp.where(gains > 0, gains, 1.0)) + p * u
-  return jnp.where(ok, jnp.sum(e * e, axis=-1), jnp.inf)
+  return gains, e, jnp.where(ok, jnp.sum(e * e, axis=-1), jnp.inf)
+
+
+def _log_residual(u: jax.Array, q: jax.Array, p: jax.Array) -> jax.Array:
+  return _log_equations(u, q, p)[2]
 
 
 # The first phase's result is kept as it is when its equations hold to this (root mean
@@ -176,8 +181,7 @@ def _polish_from(q: jax.Array, p: jax.Array, u1: jax.Array, r1: jax.Array,
 
   def step(_: int, u: jax.Array) -> jax.Array:
     w = jnp.exp(u)
-    gains = q @ w
-    e = jnp.log(gains) + p * u
+    gains, e, now = _log_equations(u, q, p)
     # ∂e_k/∂u_j = Q_kj w_j / (Qw)_k + p δ_kj = D H W with H = Q + p·diag((Qw)/w) positive
     # definite while w, Qw > 0, so every step is a descent direction of Σe².
     jac = q * w[None, :] / gains[:, None] + p * jnp.eye(k, dtype=dtype)
@@ -185,7 +189,7 @@ def _polish_from(q: jax.Array, p: jax.Array, u1: jax.Array, r1: jax.Array,
     trial = u[None, :] + _STEPS.astype(dtype)[:, None] * du[None, :]
     res = _log_residual(trial, q, p)
     best = jnp.argmin(res)
-    return jnp.where(res[best] < _log_residual(u, q, p), trial[best], u)
+    return jnp.where(res[best] < now, trial[best], u)
 
   u = lax.fori_loop(0, num_iters, step, start)
   return jnp.where(_log_residual(u, q, p) < r1, u, u1)
