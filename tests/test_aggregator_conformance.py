@@ -381,6 +381,17 @@ def test_task_losses_with_wrong_k_raise(name):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_empty_task_axis_raises(name):
+  # K = 0 used to fail deep in a reshape (ZeroDivisionError) or, for linear scalarization,
+  # to return a zero update as if every task agreed.
+  params = _params()
+  grads = _grads(jax.random.key(0), k=0)
+  tx = _factory(name)() if name not in NEEDS_NUM_TASKS else _make(name)
+  with pytest.raises(ValueError, match=r"K = 0"):
+    tx.update(grads, tx.init(params), params, task_losses=jnp.ones(0), key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_single_task_update_is_scaled_gradient(name):
   if _refuses_below_min_k(name, 1):
     return

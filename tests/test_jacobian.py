@@ -86,3 +86,24 @@ def test_gramian_bf16_accumulates_in_f32():
 def test_num_tasks_mismatch_raises():
   with pytest.raises(ValueError, match="same leading task axis"):
     wx.num_tasks({"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))})
+
+
+def test_empty_loss_vector_raises():
+  with pytest.raises(ValueError, match="at least one task loss"):
+    wx.value_and_jacobian(lambda p: jnp.zeros((0,)) + jnp.sum(p))(jnp.ones(3))
+  with pytest.raises(ValueError, match="K = 0"):
+    wx.gramian({"w": jnp.ones((0, 3))})
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_integer_leaves_are_refused_with_their_path(dtype):
+  # jax.vjp gives float0 cotangents for them, which failed later in an aggregator with an
+  # error about type promotion; jax.grad refuses them the same way.
+  params = {"w": jnp.ones(3), "step": jnp.zeros((), dtype)}
+  f = lambda p: jnp.stack([jnp.sum(p["w"] ** 2), jnp.sum(p["w"])])
+  for make in (wx.value_and_jacobian, wx.value_and_gramian):
+    with pytest.raises(TypeError, match=r"\['step'\] has dtype (int32|bool)"):
+      make(f)(params)
+  with pytest.raises(TypeError, match=r"\['step'\]"):
+    wx.mtl.shared_jacobian(lambda s, h: jnp.stack([jnp.sum(s["w"]) * h, h ** 2]),
+                           params, jnp.float32(1.0))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from weightax.aggregators._base import SharedMask, resolve_shared
-from weightax.jacobian import _check_losses
+from weightax.jacobian import _check_differentiable, _check_losses
 
 __all__ = ["value_and_gramian", "GramianWeighting", "GramianWeightingState", "gramian_weighting"]
 
@@ -126,11 +126,12 @@ def value_and_gramian(
       return fun(*full, **kwargs)
 
     sh = _select(mask, tree, True)
+    _check_differentiable(sh, name="value_and_gramian")
     if has_aux:
       losses, f_jvp, aux = jax.linearize(f_shared, sh, has_aux=True)
     else:
       losses, f_jvp = jax.linearize(f_shared, sh)
-    losses = _check_losses(losses)
+    losses = _check_losses(losses, name="value_and_gramian")
     k = losses.shape[0]
     if jax.tree.leaves(sh):
       f_vjp = jax.linear_transpose(f_jvp, sh)
@@ -184,8 +185,9 @@ class GramianWeighting(NamedTuple):
     if mask is None:
       mask = jax.tree.map(lambda _: True, params)
     sh, hd = _select(mask, params, True), _select(mask, params, False)
+    _check_differentiable((sh, hd), name="mtl.gramian_weighting")
     losses, f_jvp, aux = jax.linearize(lambda s, h: fun(_merge(mask, s, h)), sh, hd, has_aux=True)
-    losses = _check_losses(losses)
+    losses = _check_losses(losses, name="mtl.gramian_weighting")
     k = losses.shape[0]
     if k != self.num_tasks:
       raise ValueError(

@@ -11,14 +11,33 @@ import jax.numpy as jnp
 __all__ = ["value_and_jacobian", "gramian", "num_tasks"]
 
 
-def _check_losses(losses: Any) -> jax.Array:
+def _check_losses(losses: Any, *, name: str = "value_and_jacobian") -> jax.Array:
   if not isinstance(losses, jax.Array | jnp.ndarray) or jnp.ndim(losses) != 1:
     shape = getattr(losses, "shape", type(losses).__name__)
     raise ValueError(
-        "value_and_jacobian expects `fun` to return a vector of K task losses with shape (K,); "
+        f"{name} expects `fun` to return a vector of K task losses with shape (K,); "
         f"got {shape}. Reduce each task's per-example losses (e.g. with .mean()) and stack them."
     )
+  if losses.shape[0] == 0:
+    raise ValueError(f"{name} expects at least one task loss; `fun` returned an empty "
+                     "vector of shape (0,).")
   return losses
+
+
+def _check_differentiable(primals: Any, *, name: str) -> None:
+  """Refuses integer or boolean leaves in the differentiated arguments, as ``jax.grad`` does.
+
+  Their cotangents would be ``float0`` arrays, which no aggregator or optimiser can use,
+  and the failure would come later with an error about dtypes.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(primals):
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(
+          f"{name} differentiates every leaf of the argument(s) in argnums, which must be "
+          f"floating point; leaf {jax.tree_util.keystr(path) or '(the argument)'} has dtype "
+          f"{dtype}. Pass integer or boolean state (step counters, masks, RNG keys) as "
+          "another argument, or split it off first (e.g. nnx.split(model, nnx.Param, ...)).")
 
 
 def value_and_jacobian(
@@ -67,6 +86,7 @@ def value_and_jacobian(
       if a >= len(args):
         raise ValueError(f"argnums={argnums} but only {len(args)} positional arguments were given.")
     primals = tuple(args[a] for a in argnums_t)
+    _check_differentiable(primals if not single else primals[0], name="value_and_jacobian")
 
     def f_primals(*ps: Any) -> Any:
       full = list(args)
@@ -107,7 +127,10 @@ def num_tasks(task_grads: Any) -> int:
         "Every leaf of task_grads must have the same leading task axis K; "
         f"got leaf shapes {shapes}. {CHAIN_ORDER_HINT}"
     )
-  return sizes.pop()
+  k = sizes.pop()
+  if k == 0:
+    raise ValueError("task_grads has a task axis of size K = 0; expected at least one task.")
+  return k
 
 
 def gramian(task_grads: Any, *, dtype: Any = None) -> jax.Array:

@@ -25,7 +25,7 @@ import optax
 from weightax._mtl_fit import MTLFitResult, fit
 from weightax.aggregators._base import combine
 from weightax.gramian_free import gramian_weighting
-from weightax.jacobian import _check_losses, gramian
+from weightax.jacobian import _check_differentiable, _check_losses, gramian
 
 __all__ = [
     "fit", "MTLFitResult", "gramian_weighting", "shared_jacobian", "representation_grads",
@@ -95,11 +95,12 @@ def shared_jacobian(
   def f(s: Any, h: Any) -> Any:
     return fun(s, h, *args, **kwargs)
 
+  _check_differentiable((shared_params, head_params), name="shared_jacobian")
   if has_aux:
     losses, vjp_fn, aux = jax.vjp(f, shared_params, head_params, has_aux=True)
   else:
     losses, vjp_fn = jax.vjp(f, shared_params, head_params)
-  losses = _check_losses(losses)
+  losses = _check_losses(losses, name="shared_jacobian")
   k = losses.shape[0]
   shared_jac = jax.vmap(lambda c: vjp_fn(c)[0])(jnp.eye(k, dtype=losses.dtype))
   head_grads = vjp_fn(jnp.ones((k,), losses.dtype))[1]
@@ -200,9 +201,10 @@ def representation_grads(
         "weighting function `gramian -> weights` instead."
     )
 
+  _check_differentiable((shared_params, head_params), name="representation_grads")
   z, encoder_vjp = jax.vjp(lambda p: encoder(p, inputs), shared_params)
   losses, heads_vjp = jax.vjp(heads_loss, head_params, z)
-  losses = _check_losses(losses)
+  losses = _check_losses(losses, name="representation_grads")
   k = losses.shape[0]
   # The K VJPs only traverse the heads; their parameter part is unused and removed by jit.
   z_jac = jax.vmap(lambda c: heads_vjp(c)[1])(jnp.eye(k, dtype=losses.dtype))
