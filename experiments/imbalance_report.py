@@ -265,8 +265,9 @@ def summary_markdown(summary: dict, args) -> str:
     md += [
         f"## ρ = {ratio}",
         "",
-        f"Training counts per class: {r['class_counts']} ({r['n_train']} examples); head "
-        f"classes {r['head_classes']}, tail classes {r['tail_classes']}.",
+        f"Training counts per class: {r['class_counts']} ({r['n_train']} examples; largest / "
+        f"smallest = {max(r['class_counts']) / min(r['class_counts']):.0f}, the counts being "
+        f"rounded down); head classes {r['head_classes']}, tail classes {r['tail_classes']}.",
         "",
         f"Plain CE reaches {_ms(ce['test_balanced_accuracy'])}% balanced accuracy (tail "
         f"recall {_ms(ce['tail_recall'])}%). Each loss at its picked setting, against CE:",

@@ -60,6 +60,10 @@ def long_tailed_split(
   Class c keeps ``n_max · ρ^{-c/(C-1)}`` training examples (the exponential
   profile of Cui et al. 2019 and Cao et al. 2019), with ``ρ`` the imbalance
   ratio n_max/n_min; the test set holds ``test_per_class`` of every class.
+  The counts are rounded down (at least 1), so the realised ratio
+  ``class_counts[0] / class_counts[-1]`` is ρ or more: digits has only
+  ``n_max = 174 - test_per_class`` images of its rarest class to spare, and
+  with the default 50 test images ρ = 100 gives 124 : 1 (n_min = 1.24 → 1).
 
   Args:
     imbalance_ratio: ρ ≥ 1.
@@ -69,8 +73,11 @@ def long_tailed_split(
   Returns:
     ``(train, test, class_counts)`` with ``class_counts`` the training counts.
   """
-  if imbalance_ratio < 1:
-    raise ValueError(f"imbalance_ratio must be >= 1; got {imbalance_ratio}.")
+  if not (np.isfinite(imbalance_ratio) and imbalance_ratio >= 1):
+    raise ValueError(f"imbalance_ratio must be a finite number >= 1; got {imbalance_ratio}.")
+  if int(test_per_class) != test_per_class or test_per_class < 1:
+    # A negative count would slice from the end and put the same images in both splits.
+    raise ValueError(f"test_per_class must be a positive integer; got {test_per_class}.")
   x, y = _raw()
   rng = np.random.default_rng(seed)
   per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(10)]
