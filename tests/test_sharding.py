@@ -31,6 +31,17 @@ SCRIPT = textwrap.dedent('''
     both = wx.sweep(train, grid, seeds=3)
     one = wx.sweep(train, grid, seeds=3, devices=jax.devices()[:1])
     np.testing.assert_allclose(both.metrics["curve"], one.metrics["curve"], rtol=1e-6)
+    # One device that is not the default one: the program must run there (it ran on
+    # device 0 when a single device was given).
+    import sys
+    where = lambda hp, key: {"x": hp["lr"] * 2.0}
+    second = jax.devices()[1]
+    wx.sweep(where, {"lr": [1.0]}, devices=[second])
+    compiled = sys.modules["weightax.sweep"]._COMPILED
+    progs = [c for (kind, fn, *_), (c, _) in compiled.items() if fn is where]
+    assert progs and all(
+        set(s.device_set) == {second}
+        for c in progs for s in jax.tree.leaves(c.input_shardings)), progs
 
     # every aggregator inside shard_map, one problem per device
     mesh = Mesh(np.array(jax.devices()), ("d",))

@@ -96,14 +96,48 @@ def test_array_valued_axis():
     [
         ({"lr": []}, {}, ValueError, "'lr' is empty"),
         ({"v": [[1.0, 2.0], [3.0]]}, {}, ValueError, "ragged"),
-        ({"opt": ["adam", "sgd"]}, {}, TypeError, "non-numeric value 'adam'"),
+        ({"opt": ["adam", "sgd"]}, {}, TypeError, "value 'adam' .*not a boolean, integer or real"),
         ({"lr": 0.1}, {}, TypeError, "sequence of numeric values"),
         ({"seed": [1, 2]}, {}, ValueError, "reserved"),
         ({"lr": [0.1]}, {"seeds": 0}, ValueError, "positive count"),
         ({"lr": [0.1]}, {"chunk_size": 0}, ValueError, "chunk_size must be positive"),
         ([("lr", [0.1])], {}, TypeError, "mapping"),
+        # values are traced as int32 / float32: one that does not survive the cast is refused
+        ({"n": [1, 3_000_000_000]}, {}, ValueError, "3000000000.*does not fit in int32"),
+        ({"lr": [1e-50, 0.1]}, {}, ValueError, "1e-50.*does not fit in float32"),
+        ({"lr": [1e39]}, {}, ValueError, "1e\\+39.*does not fit in float32"),
+        ({"c": [1 + 2j]}, {}, TypeError, "not a boolean, integer or real number"),
+        ({"lr": [0.1]}, {"seeds": 2.0}, TypeError, "got float 2.0"),
+        ({"lr": [0.1]}, {"seeds": True}, TypeError, "got bool True"),
+        ({"lr": [0.1]}, {"seeds": [0, 1.5]}, ValueError, "list of ints"),
+        ({"lr": [0.1]}, {"seeds": [3, 0, 3]}, ValueError, r"\[3\] more than once"),
     ],
 )
 def test_bad_grids_raise_clear_errors(grid, kwargs, err, match):
   with pytest.raises(err, match=match):
     wx.sweep(lambda hp, k: {"x": jnp.zeros(())}, grid, **kwargs)
+
+
+def test_values_that_fit_are_passed_exactly():
+  # The largest int32 and the smallest normal float32 survive the cast unchanged.
+  res = wx.sweep(lambda hp, k: {"n": hp["n"], "lr": hp["lr"]},
+                 {"n": [-(2**31), 2**31 - 1], "lr": [1.1754944e-38]})
+  assert res.metrics["n"].tolist() == [-(2**31), 2**31 - 1]
+  assert res.metrics["lr"].tolist() == [np.float32(1.1754944e-38)] * 2
+
+
+def test_a_config_change_is_not_hidden_by_the_program_cache():
+  # jax.jit keys its cache by JAX's settings; the sweep's own cache of compiled programs
+  # must too, or a program compiled before jax.config.update(...) runs after it.
+  train = lambda hp, key: {"x": jax.random.normal(key) * hp["s"]}
+  impl = jax.config.jax_default_prng_impl
+  before = wx.sweep(train, {"s": [1.0]}, seeds=[0]).metrics["x"]
+  try:
+    jax.config.update("jax_default_prng_impl", "rbg")
+    expected = float(jax.random.normal(jax.random.key(0)))  # independent of the sweep
+    after = wx.sweep(train, {"s": [1.0]}, seeds=[0]).metrics["x"]
+  finally:
+    jax.config.update("jax_default_prng_impl", impl)
+  assert float(before[0]) != expected
+  np.testing.assert_allclose(after, [expected], rtol=1e-6)
+  assert wx.sweep(train, {"s": [1.0]}, seeds=[0]).metrics["x"].tolist() == before.tolist()

@@ -231,6 +231,34 @@ def test_a_different_sweep_is_refused_naming_what_differs(tmp_path, change, matc
   assert sorted(os.listdir(tmp_path)) == stored  # nothing written
 
 
+def test_results_without_a_manifest_are_refused(tmp_path):
+  # Chunks left without manifest.json (deleted to "reset", a partial copy) used to be
+  # loaded into whatever sweep came next, labelled with its grid.
+  call = {"train": quick, "seeds": 1, "chunk_size": 2}
+  wx.sweep(**call, grid={"lr": [1.0, 2.0, 3.0, 4.0]}, checkpoint_dir=tmp_path)
+  (tmp_path / "manifest.json").unlink()
+  with pytest.raises(ValueError, match=r"holds results \(chunk-000000.npz, chunk-000001.npz\) "
+                     "but no manifest.json"):
+    wx.sweep(**call, grid={"lr": [5.0, 6.0, 7.0, 8.0]}, checkpoint_dir=tmp_path)
+  assert not (tmp_path / "manifest.json").exists()
+
+
+def test_damaged_files_are_named_in_the_error(tmp_path):
+  call = {"train": quick, "grid": {"lr": [1.0, 2.0, 3.0]}, "seeds": 1, "chunk_size": 2}
+  wx.sweep(**call, checkpoint_dir=tmp_path)
+  chunk = tmp_path / "chunk-000001.npz"
+  chunk.write_bytes(chunk.read_bytes()[:40])
+  with pytest.raises(ValueError, match=r"chunk-000001.npz is unreadable .*delete it"):
+    wx.sweep(**call, checkpoint_dir=tmp_path)
+  chunk.unlink()  # as the message says: that chunk alone is recomputed
+  again = wx.sweep(**call, checkpoint_dir=tmp_path)
+  np.testing.assert_array_equal(again.metrics["x"], wx.sweep(**call).metrics["x"])
+  manifest = tmp_path / "manifest.json"
+  manifest.write_text(manifest.read_text()[:50])
+  with pytest.raises(ValueError, match=r"manifest.json is unreadable"):
+    wx.sweep(**call, checkpoint_dir=tmp_path)
+
+
 def stepwise():
   def init(hp, key):
     return {"w": jax.random.normal(key, (3,)), "key": jax.random.fold_in(key, 1),

@@ -83,10 +83,23 @@ def save_chunk(directory: Path, c: int, leaves: list[np.ndarray]) -> None:
 
 
 def load_chunk(directory: Path, c: int) -> list[np.ndarray]:
-  with np.load(chunk_path(directory, c)) as z:
-    meta = json.loads(z["meta"].tobytes().decode())
-    return [z[f"leaf{i}"].view(jnp.dtype(m["dtype"])).reshape(m["shape"])
-            for i, m in enumerate(meta)]
+  path = chunk_path(directory, c)
+  try:
+    with np.load(path) as z:
+      meta = json.loads(z["meta"].tobytes().decode())
+      return [z[f"leaf{i}"].view(jnp.dtype(m["dtype"])).reshape(m["shape"])
+              for i, m in enumerate(meta)]
+  except Exception as e:  # noqa: BLE001 - a damaged file fails in zipfile, json or numpy
+    # weightax writes chunks atomically; a damaged one comes from a copy or a sync.
+    raise ValueError(
+        f"{path} is unreadable ({type(e).__name__}: {e}); delete it and rerun to recompute "
+        "that chunk.") from e
+
+
+def stray_results(directory: Path) -> list[str]:
+  """Names of chunk and carry entries in ``directory`` (results of some sweep)."""
+  return sorted(p.name for p in Path(directory).iterdir()
+                if _CHUNK_RE.match(p.name) or p.name.startswith("carry-"))
 
 
 def done_chunks(directory: Path, n_chunks: int) -> np.ndarray:
@@ -150,7 +163,12 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
   p = Path(directory) / MANIFEST
   if not p.exists():
     return None
-  return json.loads(p.read_text())
+  try:
+    return json.loads(p.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(
+        f"{p} is unreadable ({type(e).__name__}: {e}), so the results next to it cannot be "
+        "matched to this sweep; pass a new (or emptied) checkpoint_dir.") from e
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from weightax import _checkpoint as ckpt
 from weightax.sweep_result import SweepResult
@@ -121,27 +121,53 @@ def _axis_values(name: str, values: Any) -> np.ndarray:
     )
   arr = np.asarray(vals)
   if arr.dtype.kind not in "biuf":
-    bad = next(v for v in vals if not np.issubdtype(np.asarray(v).dtype, np.number))
+    bad = next((v for v in vals if np.asarray(v).dtype.kind not in "biuf"), vals[0])
     raise TypeError(
-        f"Grid axis {name!r} holds a non-numeric value {bad!r} (dtype {arr.dtype}); sweep "
-        "values are traced arrays. Encode a choice as an integer index and select with "
-        "jax.lax.switch inside train."
+        f"Grid axis {name!r} holds a value {bad!r} (dtype {arr.dtype}) that is not a boolean, "
+        "integer or real number; sweep values are traced arrays. Encode a choice as an "
+        "integer index and select with jax.lax.switch inside train."
     )
-  if arr.dtype.kind == "f":
-    arr = arr.astype(np.float32)
-  elif arr.dtype.kind in "iu":
-    arr = arr.astype(np.int32)
-  return arr
+  if arr.dtype.kind == "b":
+    return arr
+  kind = np.float32 if arr.dtype.kind == "f" else np.int32
+  with np.errstate(over="ignore"):
+    out = arr.astype(kind)
+  # Values are traced as 32-bit arrays: refuse one that does not survive the cast rather
+  # than hand train (and the exports) a wrapped integer, an infinity or a zero.
+  if kind is np.int32:
+    lost = out.astype(np.int64) != arr
+  else:
+    lost = (np.isinf(out) & np.isfinite(arr)) | ((out == 0) & (arr != 0))
+  if np.any(lost):
+    bad = arr[lost].flat[0]
+    raise ValueError(
+        f"Grid axis {name!r} holds {bad!r}, which does not fit in {np.dtype(kind).name} (sweep "
+        f"values are traced as {np.dtype(kind).name}; it would become {out[lost].flat[0]!r})."
+    )
+  return out
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
 
 
 def _seeds(seeds: int | Sequence[int]) -> np.ndarray:
-  if isinstance(seeds, int | np.integer):
+  if _is_int(seeds):
     if seeds < 1:
       raise ValueError(f"seeds must be a positive count or a list of seeds; got {seeds}.")
     return np.arange(int(seeds))
-  arr = np.asarray(list(seeds))
-  if arr.size == 0 or arr.ndim != 1 or arr.dtype.kind not in "iu":
+  if not isinstance(seeds, Iterable) or isinstance(seeds, str | bytes):
+    raise TypeError(
+        f"seeds must be a count (an int) or a list of int seeds; got {type(seeds).__name__} "
+        f"{seeds!r}.")
+  seeds = list(seeds)
+  arr = np.asarray(seeds)
+  if arr.size == 0 or arr.ndim != 1 or not all(_is_int(s) for s in seeds):
     raise ValueError(f"seeds must be a positive count or a non-empty list of ints; got {seeds!r}.")
+  if len(np.unique(arr)) != len(arr):
+    dup = sorted({int(s) for s in arr if np.sum(arr == s) > 1})
+    raise ValueError(f"seeds lists {dup} more than once; each seed would rerun the same "
+                     "configurations with the same random numbers.")
   return arr
 
 
@@ -170,7 +196,8 @@ def _compile(kind: str, fn: Callable, key: Any, args: tuple, devices: list,
   """
   global _COMPILE_COUNT
   avals = jax.tree.map(lambda s: (s.shape, str(s.dtype)), args)
-  cache_key = (kind, key, str(jax.tree.structure(args)), str(avals), tuple(devices))
+  cache_key = (kind, key, str(jax.tree.structure(args)), str(avals), tuple(devices),
+               _trace_config())
   shardings = _sharding(devices)
   lower = lambda: jax.jit(fn, in_shardings=shardings, out_shardings=shardings).lower(*args)
   if cache_key in _COMPILED:
@@ -213,10 +240,26 @@ def _bytes(progs: dict[str, tuple[Any, str | None]]) -> int | None:
   return None if any(u is None for u in used) else max(used)
 
 
-def _sharding(devices: list) -> NamedSharding | None:
-  """The configuration axis split over ``devices`` (None: one device of one process)."""
+def _trace_config() -> Any:
+  """The JAX settings a trace depends on, as ``jax.jit`` keys its own cache by.
+
+  Without them a program compiled before ``jax.config.update(...)`` (e.g. of
+  ``jax_default_matmul_precision`` or ``jax_default_prng_impl``) would be reused after it.
+  """
+  public = tuple(getattr(jax.config, n, None) for n in (
+      "jax_default_matmul_precision", "jax_default_prng_impl", "jax_enable_x64",
+      "jax_numpy_dtype_promotion", "jax_threefry_partitionable"))
+  try:  # jit's own key; it leaves out the PRNG implementation, which the keys made here use
+    from jax._src.config import trace_context
+    return public, trace_context()
+  except (ImportError, AttributeError):  # a JAX without it: the settings that change numbers
+    return public
+
+
+def _sharding(devices: list) -> NamedSharding | SingleDeviceSharding:
+  """The configuration axis split over ``devices``, or the one device asked for."""
   if len(devices) == 1 and jax.process_count() == 1:
-    return None
+    return SingleDeviceSharding(devices[0])
   return NamedSharding(Mesh(np.asarray(devices), ("config",)), PartitionSpec("config"))
 
 
@@ -455,10 +498,21 @@ def sweep(
     if jax.process_index() == 0:
       directory.mkdir(parents=True, exist_ok=True)
       ckpt.clean_temporaries(directory)
-      stored = ckpt.read_manifest(directory)
-      if stored is None:
+      try:
+        stored = ckpt.read_manifest(directory)
+      except ValueError as e:  # raised below, after the other processes hear of it
+        stored, problem = None, str(e)
+      stray = ckpt.stray_results(directory) if stored is None and not problem else []
+      if stray:
+        problem = (
+            f"checkpoint_dir {str(directory)!r} holds results ({', '.join(stray[:3])}"
+            f"{', ...' if len(stray) > 3 else ''}) but no {ckpt.MANIFEST}, so nothing says "
+            "which sweep they belong to; refusing to mix them. Pass a new (or emptied) "
+            "checkpoint_dir."
+        )
+      elif stored is None and not problem:
         ckpt.write_manifest(directory, manifest)
-      else:
+      elif not problem:
         diffs = ckpt.differences(stored, manifest)
         if diffs:
           problem = (
