@@ -73,3 +73,29 @@ def test_loss_state_is_carried_between_steps():
   for loss in np.asarray(res.step_metrics["loss"]):
     ema = 0.5 * ema + 0.5 * loss
   np.testing.assert_allclose(res.loss_state[1], ema, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True])
+def test_batch_size_must_be_a_positive_int(batch_size):
+  # batch_size=0 used to train on nothing and record NaN losses; -3 failed inside JAX.
+  x, y, loss_fn = _setup()
+  with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    wx.fit(loss_fn, jnp.zeros(3), optax.sgd(0.1), (x, y), key=jax.random.key(0), num_steps=2,
+           batch_size=batch_size)
+  tl = lambda p, b, k: jnp.stack([jnp.mean((b[0] @ p - b[1]) ** 2), jnp.sum(p ** 2)])
+  with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    wx.mtl.fit(tl, jnp.zeros(3), wx.upgrad(), optax.sgd(0.1), (x, y), key=jax.random.key(0),
+               num_steps=2, batch_size=batch_size)
+
+
+def test_aux_may_not_replace_the_loss():
+  # An aux entry "loss" used to overwrite the optimised loss in step_metrics.
+  x, y, _ = _setup()
+  loss_fn = lambda p, b, k: (2.0 * jnp.mean((b[0] @ p - b[1]) ** 2), {"loss": jnp.sum(p)})
+  with pytest.raises(ValueError, match="reserved metric name 'loss'"):
+    wx.fit(loss_fn, jnp.zeros(3), optax.sgd(0.1), (x, y), key=jax.random.key(0), num_steps=2,
+           batch_size=8)
+  array_aux = lambda p, b, k: (jnp.mean((b[0] @ p - b[1]) ** 2), jnp.sum(p))
+  with pytest.raises(TypeError, match="aux must be a dict of metrics or None"):
+    wx.fit(array_aux, jnp.zeros(3), optax.sgd(0.1), (x, y), key=jax.random.key(0),
+           num_steps=2, batch_size=8)

@@ -7,11 +7,12 @@ the whole run compile to one program (see :func:`weightax.sweep`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = ["sample_batch", "fit", "FitResult"]
@@ -23,6 +24,9 @@ def sample_batch(data: Any, key: jax.Array, batch_size: int) -> Any:
   ``data`` is a pytree of arrays sharing their leading (example) axis.
   Sampling with replacement keeps the batch shape static and costs one gather.
   """
+  if (not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool)
+      or batch_size < 1):
+    raise ValueError(f"batch_size must be a positive int (examples per step); got {batch_size!r}.")
   leaves = jax.tree.leaves(data)
   if not leaves:
     raise ValueError("data is an empty pytree; expected arrays with a leading example axis.")
@@ -141,13 +145,26 @@ def fit(
     else:
       (loss, aux), g = grad_fn(p, batch, kl)
     u, s = optimizer.update(g, s, p)
-    return (optax.apply_updates(p, u), s, ls), {"loss": loss, **(aux or {})}
+    return (optax.apply_updates(p, u), s, ls), {"loss": loss, **_aux_metrics(aux)}
 
   opt_state = optimizer.init(params)
   (params, opt_state, loss_state), m, ev = _scan_steps(
       step, (params, opt_state, loss_state), key, num_steps=num_steps,
       eval_every=eval_every, eval_fn=eval_fn)
   return FitResult(params, opt_state, m, ev, loss_state)
+
+
+def _aux_metrics(aux: Any) -> dict[str, Any]:
+  """``loss_fn``'s aux as step metrics: a dict (or None) that leaves ``"loss"`` to the loss."""
+  if aux is None:
+    return {}
+  if not isinstance(aux, Mapping):
+    raise TypeError(f"fit: loss_fn's aux must be a dict of metrics or None; got "
+                    f"{type(aux).__name__}.")
+  if "loss" in aux:
+    raise ValueError("fit: aux may not use the reserved metric name 'loss' (the optimised "
+                     "loss is recorded under it); rename the aux entry.")
+  return aux
 
 
 def _meta_scan(
