@@ -181,3 +181,78 @@ def test_bfloat16_metrics_are_written_as_numbers(tmp_path):
   col = rows[0].index("bf")
   assert [float(r[col]) for r in rows[1:]] == [0.5, 0.25, 1.0, 2.0, 3.0, 0.125]
   assert json.loads(res.to_json(tmp_path / "r.json").read_text())["metrics"]["bf"][0] == 0.5
+
+
+def test_to_pandas_of_a_scalar_metric_has_one_row_per_configuration():
+  pytest.importorskip("pandas")
+  df = make().to_pandas("final")
+  assert list(df.columns) == ["lr", "seed", "final"] and len(df) == 6
+  # Configurations in grid order (lr-major), final = 2·lr + seed.
+  expect = [(float(lr), int(s), float(lr) * 2 + s) for lr in LR for s in SEEDS]
+  got = list(zip(df["lr"], df["seed"], df["final"], strict=True))
+  for (lr, s, f), (glr, gs, gf) in zip(expect, got, strict=True):
+    assert (glr, gs) == (pytest.approx(lr), s) and gf == pytest.approx(f, rel=1e-6)
+  with pytest.raises(ValueError, match="names 1 axes"):
+    make().to_pandas("final", dims=("x",))
+
+
+def test_curves_to_csv_writes_array_valued_axes(tmp_path):
+  v = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+  curve = np.array([[0.0, 3.0, 6.0], [0.0, 7.0, 14.0]], np.float32)  # (v[0] + v[1]) · step
+  res = SweepResult(axes={"v": v, "seed": np.array([0])}, coords={"v": v, "seed": np.zeros(2, int)},
+                    metrics={"curve": curve}, shape=(2, 1))
+  rows = _rows(res.curves_to_csv(tmp_path / "c.csv"))
+  assert rows == [["v[0]", "v[1]", "seed", "step", "curve"],
+                  ["1.0", "2.0", "0", "0", "0.0"], ["1.0", "2.0", "0", "1", "3.0"],
+                  ["1.0", "2.0", "0", "2", "6.0"], ["3.0", "4.0", "0", "0", "0.0"],
+                  ["3.0", "4.0", "0", "1", "7.0"], ["3.0", "4.0", "0", "2", "14.0"]]
+  with pytest.raises(ValueError, match=r"\['step'\] would appear twice"):
+    make(step=np.zeros((6, T), np.float32)).curves_to_csv(tmp_path / "x.csv", names=["step"])
+
+
+def test_to_xarray_calls_an_axis_task_only_at_the_number_of_tasks():
+  pytest.importorskip("xarray")
+  M = 3
+  norms = np.arange(6 * T * M, dtype=np.float32).reshape(6, T, M)  # [T, M], M != K
+  res = make(layer_norms=norms)
+  ds = res.to_xarray()
+  assert ds["task_losses"].dims == ("lr", "seed", "step", "task")
+  assert ds["layer_norms"].dims == ("lr", "seed", "step", "layer_norms_dim1")
+  assert ds.sizes["task"] == K and ds.sizes["layer_norms_dim1"] == M
+  # lr=0.3, seed=2 is configuration 1·3 + 2 = 5; its step 3 holds 5·T·M + 3·M + m.
+  got = ds["layer_norms"].sel(lr=np.float32(0.3), seed=2, step=3).values
+  np.testing.assert_array_equal(got, 5 * T * M + 3 * M + np.arange(M))
+  df = res.to_pandas("layer_norms")
+  assert list(df.columns) == ["lr", "seed", "step", "layer_norms_dim1", "layer_norms"]
+  # An axis that dims names "task" sets the number of tasks instead.
+  ds = make(layer_norms=norms, per_layer=np.zeros((6, M), np.float32)).to_xarray(
+      dims={"per_layer": ("task",)})
+  assert ds["layer_norms"].dims[-1] == "task" and ds["task_losses"].dims[-1] == "task_losses_dim1"
+
+  def second_dims(**metrics):
+    r = SweepResult(axes={"seed": np.arange(2)}, coords={"seed": np.arange(2)},
+                    metrics={k: np.zeros((2, T, n), np.float32) for k, n in metrics.items()},
+                    shape=(2,))
+    return {k: d[-1] for k, d in r._trailing_dims(None).items()}
+
+  # Without task_losses / task_weights: the size most curves share; on a tie, the first curve's.
+  assert second_dims(a=2, b=3, c=3) == {"a": "a_dim1", "b": "task", "c": "task"}
+  assert second_dims(a=2, b=3) == {"a": "task", "b": "b_dim1"}
+  # A leaf named task_weights (at any depth) decides over the majority.
+  r = SweepResult(axes={"seed": np.arange(2)}, coords={"seed": np.arange(2)},
+                  metrics={"a": np.zeros((2, T, 3)), "b": np.zeros((2, T, 3)),
+                           "mtl": {"task_weights": np.zeros((2, T, 2))}}, shape=(2,))
+  assert r.to_xarray()["mtl/task_weights"].dims == ("seed", "step", "task")
+  assert r.to_xarray()["a"].dims == ("seed", "step", "a_dim1")
+
+
+@pytest.mark.parametrize("metrics, name", [
+    ({"train/loss": np.ones(6), "train": {"loss": np.zeros(6)}}, "train/loss"),
+    ({"h": [np.ones(6), np.ones(6)], "h/1": np.zeros(6)}, "h/1"),
+])
+def test_metric_leaves_with_one_name_are_refused(tmp_path, metrics, name):
+  res = make(**metrics)
+  with pytest.raises(ValueError, match=f"both named '{name}'"):
+    res.to_dict()
+  with pytest.raises(ValueError, match=f"both named '{name}'"):
+    res.to_csv(tmp_path / "r.csv")

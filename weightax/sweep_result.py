@@ -27,11 +27,24 @@ __all__ = ["SweepResult"]
 
 
 def _flat(metrics: Any) -> dict[str, np.ndarray]:
-  """``{"a/b": array}`` from a nested pytree of metrics."""
-  out = {}
+  """``{"a/b": array}`` from a nested pytree of metrics.
+
+  Raises:
+    ValueError: two leaves get the same name (a key ``"a/b"`` next to
+      ``{"a": {"b": ...}}``), which would drop one of them from every export.
+  """
+  out: dict[str, np.ndarray] = {}
+  paths: dict[str, str] = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(metrics)[0]:
     name = "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
-    out[name or "value"] = np.asarray(leaf)
+    name = name or "value"
+    if name in out:
+      raise ValueError(
+          f"Metric leaves {paths[name]} and {jax.tree_util.keystr(path)} are both named "
+          f"{name!r}; every leaf needs a name of its own, so rename one of them."
+      )
+    out[name] = np.asarray(leaf)
+    paths[name] = jax.tree_util.keystr(path)
   return out
 
 
@@ -196,10 +209,11 @@ class SweepResult:
   def curves_to_csv(self, path: str | Path, names: Sequence[str] | None = None) -> Path:
     """Writes per-step metrics in long form and returns ``path``.
 
-    One row per configuration and step: the scalar coordinates, ``step``,
-    then one column per curve; a curve with values per step ``[steps, K]``
-    (task losses, task weights) gets one column per task, ``name[k]``
-    (``name[i,j]`` for more axes).
+    One row per configuration and step: the coordinates, ``step``, then one
+    column per curve; a curve with values per step ``[steps, K]`` (task
+    losses, task weights) gets one column per task, ``name[k]`` (``name[i,j]``
+    for more axes). An array-valued grid axis is one column per value,
+    ``axis[i]``, as in :meth:`to_csv`.
 
     Args:
       path: the CSV file to write.
@@ -230,13 +244,15 @@ class SweepResult:
       x = flat[k]
       x = x.reshape(x.shape[0] * length, *x.shape[2:])  # (config, step) rows
       cols.extend(_columns(k, x))
+    coord_cols = [c for k, v in self.coords.items() for c in _columns(k, v)]
+    header = [*(c for c, _ in coord_cols), "step", *(c for c, _ in cols)]
+    _check_unique(header)
     path = Path(path)
-    scalar_coords = {k: v for k, v in self.coords.items() if v.ndim == 1}
     with path.open("w", newline="") as f:
       w = csv.writer(f)
-      w.writerow([*scalar_coords, "step", *(c for c, _ in cols)])
+      w.writerow(header)
       for i in range(len(self)):
-        c = [_item(v[i]) for v in scalar_coords.values()]
+        c = [_item(v[i]) for _, v in coord_cols]
         for t in range(length):
           w.writerow([*c, t, *(_item(v[i * length + t]) for _, v in cols)])
     return path
@@ -257,29 +273,46 @@ class SweepResult:
     return path
 
   def _trailing_dims(self, dims: Mapping[str, Sequence[str]] | None) -> dict[str, tuple]:
-    """The names of every metric's axes after the configuration axis."""
+    """The names of every metric's axes after the configuration axis (rule in :meth:`to_xarray`)."""
     flat = self.flat_metrics
     dims = dict(dims or {})
     unknown = sorted(set(dims) - set(flat))
     if unknown:
       raise KeyError(f"dims names unknown metrics {unknown}; metrics are {sorted(flat)}.")
+    out = {}
+    for k, names in dims.items():
+      names = tuple(names)
+      if len(names) != flat[k].ndim - 1:
+        raise ValueError(
+            f"dims[{k!r}] = {names} names {len(names)} axes; the metric has {flat[k].ndim - 1} "
+            f"beyond the configuration (shape {flat[k].shape[1:]})."
+        )
+      out[k] = names
     firsts = [v.shape[1] for k, v in flat.items() if v.ndim >= 2 and k not in dims]
     steps = max(firsts, default=None)
-    out = {}
+    curves = {k: v for k, v in flat.items()
+              if k not in dims and v.ndim >= 2 and v.shape[1] == steps}
+    # The number of tasks: the size of an axis dims calls "task", else that of the second
+    # axis of task_losses / task_weights, else the most common second-axis size (ties: first).
+    pools = (
+        [flat[k].shape[1 + i] for k, names in out.items() for i, d in enumerate(names)
+         if d == "task"],
+        [v.shape[2] for k, v in curves.items()
+         if v.ndim >= 3 and k.rsplit("/", 1)[-1] in ("task_losses", "task_weights")],
+        [v.shape[2] for v in curves.values() if v.ndim >= 3],
+    )
+    pool = next((p for p in pools if p), [])
+    tasks = max(pool, key=pool.count, default=None)
     for k, v in flat.items():
       if k in dims:
-        names = tuple(dims[k])
-        if len(names) != v.ndim - 1:
-          raise ValueError(
-              f"dims[{k!r}] = {names} names {len(names)} axes; the metric has {v.ndim - 1} "
-              f"beyond the configuration (shape {v.shape[1:]})."
-          )
-      elif v.ndim >= 2 and v.shape[1] == steps:
-        names = ("step", "task", *(f"{k}_dim{i}" for i in range(2, v.ndim - 1)))[: v.ndim - 1]
+        continue
+      if k in curves:
+        task = "task" if v.ndim >= 3 and v.shape[2] == tasks else f"{k}_dim1"
+        names = ("step", task, *(f"{k}_dim{i}" for i in range(2, v.ndim - 1)))[: v.ndim - 1]
       else:
         names = tuple(f"{k}_dim{i}" for i in range(v.ndim - 1))
       out[k] = names
-    return out
+    return {k: out[k] for k in flat}
 
   def to_xarray(self, dims: Mapping[str, Sequence[str]] | None = None) -> Any:
     """The result as an ``xarray.Dataset`` labelled by the grid's axes and ``seed``.
@@ -289,7 +322,12 @@ class SweepResult:
     configuration are named by ``dims`` where given; otherwise, in the metrics
     with the most steps (the longest first axis: per-step curves such as
     ``"task_losses"``), they are ``("step", "task")`` with ``step`` numbered
-    from 0, and in any other metric ``<name>_dim0, <name>_dim1, ...``. An
+    from 0, and in any other metric ``<name>_dim0, <name>_dim1, ...``. A
+    curve's second axis is called ``task`` only if its size is the number of
+    tasks: the size of an axis ``dims`` names ``task``, else that of the
+    second axis of the curves named ``task_losses`` or ``task_weights`` (at
+    any depth of the metrics), else the size most curves' second axes share
+    (on a tie, that of the first curve); another size is ``<name>_dim1``. An
     array-valued grid axis is indexed by position, its values kept in the
     coordinate ``<axis>_value``. Needs the optional ``xarray`` package.
 
@@ -326,11 +364,11 @@ class SweepResult:
     Without ``name``: one row per configuration, with the grid coordinates
     and every scalar metric (an array-valued grid axis by its position on
     the axis, as in :meth:`to_xarray`). With ``name``: one row per
-    configuration and element of that metric, the coordinates, one column per
-    axis of the metric (named as in :meth:`to_xarray`, e.g. ``step`` and
-    ``task``, or by ``dims``) and the value in a column ``name``, ready for
-    ``df.groupby(["step", "task"])`` or a seaborn ``lineplot``. Needs the
-    optional ``pandas`` package.
+    configuration and element of that metric (one per configuration for a
+    scalar metric), the coordinates, one column per axis of the metric (named
+    as in :meth:`to_xarray`, e.g. ``step`` and ``task``, or by ``dims``) and
+    the value in a column ``name``, ready for ``df.groupby(["step", "task"])``
+    or a seaborn ``lineplot``. Needs the optional ``pandas`` package.
 
     Args:
       name: a metric, or None for the per-configuration table.
@@ -353,7 +391,7 @@ class SweepResult:
     per = int(np.prod(x.shape[1:]))
     cols: dict[str, Any] = {k: np.repeat(v, per) for k, v in coords.items()}
     _check_unique([*cols, *names, name])
-    idx = np.indices(x.shape[1:]).reshape(len(names), -1)
+    idx = np.indices(x.shape[1:]).reshape(len(names), per)  # shape (0, 1) for a scalar metric
     for d, ix in zip(names, idx, strict=True):
       cols[d] = np.tile(ix, x.shape[0])
     cols[name] = x.reshape(-1)
