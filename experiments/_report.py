@@ -12,6 +12,8 @@ One place decides what a study may claim, so that no verdict contradicts its tab
 * :func:`fmt`, :func:`range_label` format numbers and grid ranges for reports (a range
   label is always built from the values actually run, never typed in);
 * :func:`refuse_direct_run` makes a helper module of a study say so when run as a script;
+* :func:`apply_quick` sets a study's ``--quick`` values on the options the command line
+  left alone (an option given explicitly is kept, so the report's command says what ran);
 * :class:`HelpFormatter` is the studies' argparse formatter: every option shows its
   default exactly once.
 
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LEVEL", "describe", "t_interval", "verdict", "compare", "fmt", "range_label",
-           "refuse_direct_run", "HelpFormatter"]
+           "refuse_direct_run", "apply_quick", "given_options", "HelpFormatter"]
 
 LEVEL = 0.95
 """Default confidence level of every interval and verdict."""
@@ -167,6 +169,46 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     if "default" in text.lower():
       return text
     return super()._get_help_string(action)
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+  """The ``dest`` names of the options that ``argv`` (None: ``sys.argv[1:]``) gives."""
+  saved = [(a, a.default) for a in parser._actions]
+  try:
+    for a, _ in saved:
+      a.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+  finally:
+    for a, default in saved:
+      a.default = default
+
+
+def apply_quick(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                argv: Sequence[str] | None, **values: Any) -> argparse.Namespace:
+  """With ``args.quick``, sets ``values`` on the options the command line did not give.
+
+  ``--quick`` shrinks a study for tests; an option given explicitly next to it (``--quick
+  --seeds 5``) is kept, not silently replaced, so the report's "Reproduce" command is
+  what ran. ``values`` maps option ``dest`` names to their quick values.
+
+  >>> p = argparse.ArgumentParser()
+  >>> _ = p.add_argument("--seeds", type=int, default=10)
+  >>> _ = p.add_argument("--steps", type=int, default=1000)
+  >>> _ = p.add_argument("--quick", action="store_true")
+  >>> argv = ["--quick", "--seeds", "5"]
+  >>> a = apply_quick(p, p.parse_args(argv), argv, seeds=2, steps=100)
+  >>> a.seeds, a.steps
+  (5, 100)
+  """
+  unknown = sorted(set(values) - {a.dest for a in parser._actions})
+  if unknown:
+    raise KeyError(f"apply_quick: no options {unknown}")
+  if getattr(args, "quick", False):
+    given = given_options(parser, argv)
+    for name, value in values.items():
+      if name not in given:
+        setattr(args, name, value)
+  return args
 
 
 def refuse_direct_run(module_doc: str | None, study: str) -> None:

@@ -197,3 +197,25 @@ def test_study_help_shows_each_default_once(name, study_help):
     if text.startswith("-h, --help"):
       continue
     assert text.lower().count("default") == 1, text
+
+
+def test_apply_quick_keeps_what_the_command_line_gave():
+  import argparse
+
+  p = argparse.ArgumentParser()
+  p.add_argument("--seeds", type=int, default=10)
+  p.add_argument("--methods", default="a,b,c")
+  p.add_argument("--steps", type=int, default=1000)
+  p.add_argument("--quick", action="store_true")
+  quick = {"seeds": 2, "methods": "a", "steps": 100}
+  for argv, expected in [
+      (["--quick"], (2, "a", 100)),
+      (["--quick", "--seeds", "5", "--methods=b"], (5, "b", 100)),
+      (["--quick", "--steps", "1000"], (2, "a", 1000)),  # the default, but given: kept
+      (["--seeds", "5"], (5, "a,b,c", 1000)),  # without --quick nothing changes
+  ]:
+    a = R.apply_quick(p, p.parse_args(argv), argv, **quick)
+    assert (a.seeds, a.methods, a.steps) == expected, argv
+  assert p.get_default("seeds") == 10  # the parser's defaults are restored
+  with pytest.raises(KeyError, match="no options"):
+    R.apply_quick(p, p.parse_args([]), [], epochs=3)
