@@ -328,3 +328,113 @@ def test_logit_adjustment_and_ldam_keep_float64():
     margins = L.ldam_margins(counts.astype(np.float64))
     assert margins.dtype == jnp.float64
     np.testing.assert_allclose(margins, m, rtol=1e-14)
+
+
+# ------------------------------- documented hyperparameter ranges (refused when concrete)
+
+HPARAMS = {
+    # name: (loss of the hyperparameter, the error's interval, bad values)
+    "sigmoid_focal gamma": (lambda g: L.sigmoid_focal_loss(X, Y01, gamma=g),
+                            r"gamma must lie in \[0, inf\)", [-1.0, -1e-3, np.inf, np.nan]),
+    "softmax_focal gamma": (lambda g: L.softmax_focal_loss(Z, YINT, gamma=g),
+                            r"gamma must lie in \[0, inf\)", [-1.0, np.inf, np.nan]),
+    "asymmetric gamma_pos": (lambda g: L.asymmetric_loss(X, Y01, gamma_pos=g),
+                             r"gamma_pos must lie in \[0, inf\)", [-1.0, np.inf, np.nan]),
+    "asymmetric gamma_neg": (lambda g: L.asymmetric_loss(X, Y01, gamma_neg=g),
+                             r"gamma_neg must lie in \[0, inf\)", [-1.0, np.inf, np.nan]),
+    "asymmetric clip": (lambda c: L.asymmetric_loss(X, Y01, clip=c),
+                        r"clip must lie in \[0, 1\)", [-0.1, 1.0, 1.5, np.nan]),
+    "ldam scale": (lambda s: L.ldam_loss(Z, YINT, class_counts=COUNTS, scale=s),
+                   r"scale must lie in \(0, inf\)", [0.0, -1.0, np.inf, np.nan]),
+    "ldam max_margin": (lambda m: L.ldam_loss(Z, YINT, class_counts=COUNTS, max_margin=m),
+                        r"max_margin must lie in \[0, inf\)", [-0.5, np.inf, np.nan]),
+    "ldam_margins max_margin": (lambda m: L.ldam_margins(COUNTS, max_margin=m),
+                                r"max_margin must lie in \[0, inf\)", [-0.5, np.inf, np.nan]),
+}
+HPARAM_CASES = [(name, bad) for name, (_, _, bads) in HPARAMS.items() for bad in bads]
+
+
+@pytest.mark.parametrize("name,bad", HPARAM_CASES)
+def test_hyperparameter_outside_documented_range_raises_eagerly_nan_under_jit(name, bad):
+  fn, match, _ = HPARAMS[name]
+  with pytest.raises(ValueError, match=match):
+    fn(bad)
+  with pytest.raises(ValueError, match=match):
+    fn(jnp.float32(bad))  # a concrete JAX scalar is checked too
+  assert np.all(np.isnan(jax.jit(fn)(bad)))
+
+
+@pytest.mark.parametrize("name", list(HPARAMS))
+def test_hyperparameter_sweep_makes_only_the_invalid_member_nan(name):
+  fn, _, bads = HPARAMS[name]
+  valid = {"asymmetric clip": 0.05, "ldam scale": 5.0}.get(name, 0.5)
+  swept = np.asarray(jax.jit(jax.vmap(fn))(jnp.array([valid, bads[0]])))
+  np.testing.assert_allclose(swept[0], fn(valid), rtol=1e-6, atol=1e-7)
+  assert np.all(np.isnan(swept[1]))
+
+
+def test_hyperparameters_at_the_edge_of_their_ranges_are_accepted():
+  # gamma = 0: plain (binary) cross-entropy; clip = 0: no margin; max_margin = 0: none.
+  np.testing.assert_allclose(L.sigmoid_focal_loss(X, Y01, alpha=None, gamma=0.0),
+                             np_bce(X, Y01), rtol=2e-5, atol=1e-7)
+  np.testing.assert_allclose(L.softmax_focal_loss(Z, YINT, gamma=0.0), np_ce(Z, YINT),
+                             rtol=2e-5, atol=1e-7)
+  asl = L.asymmetric_loss(X, Y01, gamma_pos=0.0, gamma_neg=0.0, clip=0.0)
+  np.testing.assert_allclose(asl, np_bce(X, Y01), rtol=2e-5, atol=1e-7)
+  np.testing.assert_array_equal(L.ldam_margins(COUNTS, max_margin=0.0), np.zeros(4))
+  np.testing.assert_allclose(L.ldam_loss(Z, YINT, class_counts=COUNTS, max_margin=0.0,
+                                         scale=1.0), np_ce(Z, YINT), rtol=2e-5, atol=1e-7)
+
+
+CLASS_WEIGHTS = {
+    "softmax_focal alpha": lambda w: L.softmax_focal_loss(Z, YINT, alpha=w),
+    "weighted_ce class_weights": lambda w: L.weighted_softmax_cross_entropy(
+        Z, YINT, class_weights=w),
+    "ldam class_weights": lambda w: L.ldam_loss(Z, YINT, class_counts=COUNTS, class_weights=w),
+}
+
+
+@pytest.mark.parametrize("name", list(CLASS_WEIGHTS))
+@pytest.mark.parametrize("bad", [-1.0, np.nan])
+def test_negative_per_class_weights_raise_eagerly_nan_under_jit(name, bad):
+  fn = CLASS_WEIGHTS[name]
+  w = np.array([1.0, bad, 2.0, 0.5], np.float32)  # class 1 has one example (YINT[2])
+  with pytest.raises(ValueError, match=r"must be >= 0 and not NaN; got .* at index \(1,\)"):
+    fn(w)
+  out = np.asarray(jax.jit(fn)(w))
+  assert np.isnan(out[YINT == 1]).all() and np.isfinite(out[YINT != 1]).all()
+  np.testing.assert_array_equal(fn(np.array([1.0, 0.0, 2.0, 0.5], np.float32))[YINT == 1], 0)
+
+
+# -------------------------------- error messages show the offending value in full
+
+
+@pytest.mark.parametrize("call,shown", [
+    (lambda: L.class_balanced_weights(COUNTS, beta=1.0000001), "got 1.0000001."),
+    (lambda: L.class_balanced_weights(COUNTS, beta=-1e-9), "got -1e-09."),
+    (lambda: L.sigmoid_focal_loss(X, Y01, alpha=1.0000001), "got 1.0000001."),
+    (lambda: L.ghm_r(X, Y01, bins=4, mu=-1e-12), "got -1e-12."),
+    (lambda: L.asymmetric_loss(X, Y01, clip=1.0000000001), "got 1.0000000001."),
+])
+def test_scalar_range_errors_print_the_value_in_full(call, shown):
+  with pytest.raises(ValueError) as info:
+    call()
+  assert str(info.value).endswith(shown), str(info.value)
+
+
+def test_array_range_errors_print_the_first_offender_in_full_with_its_index():
+  y = Y01.copy()
+  y[1, 2] = np.float32(1.0000001)  # a soft label's rounding artefact
+  with pytest.raises(ValueError) as info:
+    L.sigmoid_focal_loss(X, y)
+  # float32(1.0000001) is 1.0000001192092896; "got 1" would read as a valid label.
+  assert str(info.value).endswith("got 1.0000001192092896 at index (1, 2)."), str(info.value)
+  y[0, 1], y[3, 0] = -1e-8, np.nan
+  with pytest.raises(ValueError) as info:
+    L.sigmoid_focal_loss(X, y)
+  msg = str(info.value)
+  assert "2 values in [-9.99999993922529e-09, 1.0000001192092896] and 1 NaN" in msg, msg
+  assert msg.endswith("the first, at index (0, 1), is -9.99999993922529e-09."), msg
+  with pytest.raises(ValueError) as info:
+    L.inverse_frequency_weights(np.array([5.0, np.nan, 2.0]))
+  assert str(info.value).endswith("got NaN at index (1,)."), str(info.value)

@@ -338,3 +338,96 @@ def test_auto_lambda_inside_sweep_equals_single_runs():
     single = jax.jit(train)(hp, jax.random.key(int(sw.coords["seed"][i])))
     for k in ("w", "p"):
       np.testing.assert_allclose(sw.metrics[k][i], single[k], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------- refused hyperparameters
+
+BAD_RATES = [0.0, -1.0, np.nan, np.inf]
+
+
+def _l2rw(lr):
+  return meta.learning_to_reweight(_sq_losses, optax.sgd(0.1), inner_lr=lr)
+
+
+def _mwn(**kw):
+  return meta.meta_weight_net(_sq_losses, optax.sgd(0.1), **{"inner_lr": 0.1, "hidden": 8, **kw})
+
+
+def _al(**kw):
+  return meta.auto_lambda(_task_losses, optax.sgd(0.1), num_tasks=2, **kw)
+
+
+@pytest.mark.parametrize("bad", BAD_RATES)
+@pytest.mark.parametrize("make,match", [
+    (_l2rw, r"learning_to_reweight: inner_lr must lie in \(0, inf\)"),
+    (lambda v: _mwn(inner_lr=v), r"meta_weight_net: inner_lr must lie in \(0, inf\)"),
+    (lambda v: _mwn(meta_lr=v), r"meta_weight_net: meta_lr must lie in \(0, inf\)"),
+    (lambda v: _al(meta_lr=v), r"auto_lambda: meta_lr must lie in \(0, inf\)"),
+])
+def test_non_positive_or_non_finite_rates_are_refused(make, match, bad):
+  # L2RW with inner_lr = -1 put all the weight on the examples that disagree with the
+  # validation set, and 0 gave all-zero weights: no error, no training.
+  with pytest.raises(ValueError, match=match):
+    make(bad)
+  with pytest.raises(ValueError, match=match):
+    make(jnp.float32(bad))  # a concrete JAX scalar is checked too
+
+
+@pytest.mark.parametrize("bad", [-1e-4, np.nan, np.inf])
+def test_mwn_meta_weight_decay_must_be_non_negative(bad):
+  with pytest.raises(ValueError, match=r"meta_weight_decay must lie in \[0, inf\); got"):
+    _mwn(meta_weight_decay=bad)
+  _mwn(meta_weight_decay=0.0)  # no decay is fine
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0, True])
+def test_mwn_hidden_must_be_a_positive_int(bad):
+  # hidden = 0 gave NaN weights (an init bound 1/sqrt(0)); 2.0 failed inside jax.random.
+  with pytest.raises(ValueError, match=r"hidden must be a positive int; got"):
+    _mwn(hidden=bad)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_auto_lambda_init_weight_must_be_finite(bad):
+  with pytest.raises(ValueError, match=r"init_weight must lie in \(-inf, inf\)"):
+    _al(init_weight=bad)
+
+
+def test_auto_lambda_meta_lr_is_unchecked_when_unused_and_may_be_a_schedule():
+  _al(meta_lr=0.0, meta_optimizer=optax.sgd(1e-3))
+  method = _al(meta_lr=optax.linear_schedule(1e-2, 1e-3, 10))
+  x, y, xv, yv, theta = _f32(*_two_task_problem(0))
+  _, _, m = method.step(theta, method.init(theta), (x, y), (xv, yv), jax.random.key(0))
+  assert np.isfinite(m["task_weights"]).all()
+
+
+def test_traced_invalid_rates_give_nan_instead_of_wrong_weights():
+  """Inside a sweep the rates cannot be checked: an invalid member is NaN, the others exact."""
+  x, y, xv, yv, theta = _f32(*_linear_problem(0))
+  key = jax.random.key(0)
+
+  def l2rw(lr):
+    method = _l2rw(lr)
+    return method.step(theta, method.init(theta), (x, y), (xv, yv), key)
+
+  def mwn(lr):
+    method = _mwn(inner_lr=lr)
+    return method.step(theta, method.init(theta), (x, y), (xv, yv), key)
+
+  for run in (l2rw, mwn):
+    p, _, m = jax.jit(jax.vmap(run))(jnp.array([0.3, -1.0], jnp.float32))
+    p1, _, m1 = run(0.3)
+    np.testing.assert_allclose(m["example_weights"][0], m1["example_weights"], rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(p[0], p1, rtol=1e-5, atol=1e-7)
+    assert np.isnan(m["example_weights"][1]).all() and np.isnan(p[1]).all()
+
+  xt, yt, xvt, yvt, tt = _f32(*_two_task_problem(0))
+
+  def al(meta_lr):
+    method = _al(meta_lr=meta_lr)
+    return method.step(tt, method.init(tt), (xt, yt), (xvt, yvt), key)[2]["task_weights"]
+
+  lam = jax.jit(jax.vmap(al))(jnp.array([1e-2, -1e-2], jnp.float32))
+  np.testing.assert_allclose(lam[0], al(1e-2), rtol=1e-5, atol=1e-7)
+  assert np.isnan(lam[1]).all()

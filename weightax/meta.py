@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from weightax.losses import _utils
+
 __all__ = [
     "MetaWeighting",
     "LearningToReweightState",
@@ -119,6 +121,21 @@ def _default_val_loss(loss_fn: Callable) -> Callable:
   return val_loss
 
 
+def _check_rate(value: Any, fn: str, name: str, *, allow_zero: bool = False) -> Any:
+  """A learning rate (or decay) that must be positive (``>= 0`` with ``allow_zero``), finite.
+
+  A concrete value out of range (or NaN, or infinite) raises a ValueError and is returned
+  unchanged otherwise. A traced value (a sweep over it) cannot be inspected: out of range it
+  becomes NaN, so the method's weights and parameters are NaN rather than silently
+  inverted or frozen. A callable (an Optax schedule) is returned as it is.
+  """
+  if callable(value):
+    return value
+  ok = _utils.check_hyperparameter(value, fn, name, lo=0.0, hi=np.inf, lo_open=not allow_zero,
+                                   hi_open=True)
+  return value if ok is None else jnp.where(ok, value, jnp.nan)
+
+
 def _sgd_step(params: Any, grads: Any, lr: Any) -> Any:
   return jax.tree.map(lambda p, g: p - lr * g, params, grads)
 
@@ -149,12 +166,16 @@ def learning_to_reweight(
   ``u`` is computed as in the reference's "vjp mode": ``jax.grad`` with respect to ε of the
   validation loss after the virtual step (one gradient of a gradient), exact. Since
   :math:`\\hat\\theta(0) = \\theta`, the positive ``inner_lr`` α cancels in the
-  normalisation. The method is stateless apart from the optimiser.
+  normalisation; its sign does not (α < 0 would keep exactly the examples that disagree
+  with the validation set, α = 0 would zero every weight), so a non-positive, infinite or
+  NaN α raises a ValueError when concrete and makes the weights NaN when traced. The method
+  is stateless apart from the optimiser.
 
   Args:
     loss_fn: ``(params, batch, key) -> per-example losses [B]`` (or ``(losses, aux)``).
     optimizer: the model's Optax optimiser.
-    inner_lr: α of the virtual step (positive; it cancels, the reference MNIST code uses 1).
+    inner_lr: α of the virtual step, positive and finite (it cancels; the reference MNIST
+      code uses 1). May be traced.
     val_loss_fn: ``(params, val_batch, key) -> scalar``; default: the mean of ``loss_fn``
       (the reference's validation weights 1/B).
 
@@ -176,6 +197,7 @@ def learning_to_reweight(
   Reference: M. Ren, W. Zeng, B. Yang, R. Urtasun, "Learning to Reweight Examples for
   Robust Deep Learning", ICML 2018.
   """
+  inner_lr = _check_rate(inner_lr, "learning_to_reweight", "inner_lr")
   val_loss_fn = val_loss_fn or _default_val_loss(loss_fn)
 
   def init(params: Any) -> LearningToReweightState:
@@ -259,14 +281,21 @@ def meta_weight_net(
   before Adam (``optax.chain(add_decayed_weights, adam)``). The reference's meta forward also
   updates batch-norm statistics; a pure ``loss_fn`` has none to update.
 
+  ``inner_lr`` and ``meta_lr`` must be positive and ``meta_weight_decay`` ``>= 0``, all
+  finite: when concrete, other values raise a ValueError (η < 0 would train the network to
+  *raise* the validation loss, η = 0 would give it no gradient); when traced, they make the
+  network, the weights and the parameters NaN.
+
   Args:
     loss_fn: ``(params, batch, key) -> per-example losses [B]`` (or ``(losses, aux)``).
     optimizer: the model's Optax optimiser (reference: SGD 0.1, momentum 0.9, wd 5e-4).
-    inner_lr: η of the virtual SGD step.
+    inner_lr: η of the virtual SGD step, ``> 0``; may be traced.
     key: PRNG key of the network's initialisation (default ``jax.random.key(0)``).
-    hidden: width of the network's hidden layer (reference: 100).
-    meta_lr: Adam learning rate of the network (reference: 1e-3).
-    meta_weight_decay: L2 coefficient of the network (reference: 1e-4).
+    hidden: width of the network's hidden layer, a positive int (reference: 100).
+    meta_lr: Adam learning rate of the network, ``> 0`` (reference: 1e-3); may be traced
+      or an Optax schedule.
+    meta_weight_decay: L2 coefficient of the network, ``>= 0`` (reference: 1e-4); may be
+      traced.
     val_loss_fn: ``(params, val_batch, key) -> scalar``; default: the mean of ``loss_fn``
       (mean cross-entropy on the clean batch in the reference).
 
@@ -288,6 +317,12 @@ def meta_weight_net(
   Reference: J. Shu, Q. Xie, L. Yi, Q. Zhao, S. Zhou, Z. Xu, D. Meng, "Meta-Weight-Net:
   Learning an Explicit Mapping For Sample Weighting", NeurIPS 2019.
   """
+  if isinstance(hidden, bool) or not isinstance(hidden, int | np.integer) or hidden < 1:
+    raise ValueError(f"meta_weight_net: hidden must be a positive int; got {hidden!r}.")
+  inner_lr = _check_rate(inner_lr, "meta_weight_net", "inner_lr")
+  meta_lr = _check_rate(meta_lr, "meta_weight_net", "meta_lr")
+  meta_weight_decay = _check_rate(meta_weight_decay, "meta_weight_net", "meta_weight_decay",
+                                  allow_zero=True)
   val_loss_fn = val_loss_fn or _default_val_loss(loss_fn)
   meta_opt = optax.chain(optax.add_decayed_weights(meta_weight_decay), optax.adam(meta_lr))
   vkey = jax.random.key(0) if key is None else key
@@ -372,9 +407,13 @@ def auto_lambda(
     num_tasks: K.
     primary: indices of the primary tasks whose validation loss λ minimises (default: all,
       the reference's setting when every task is primary).
-    init_weight: initial λ (reference: 0.1).
-    meta_lr: Adam learning rate of λ (reference: 1e-4 for dense prediction; 3e-5 on
-      Cityscapes, 3e-4 on CIFAR in its README).
+    init_weight: initial λ, finite (reference: 0.1); NaN or infinite raises a ValueError
+      when concrete.
+    meta_lr: Adam learning rate of λ, ``> 0`` and finite (reference: 1e-4 for dense
+      prediction; 3e-5 on Cityscapes, 3e-4 on CIFAR in its README). When concrete, other
+      values raise a ValueError (a negative rate would move λ to *raise* the primary
+      validation loss, 0 would freeze it); when traced, they make λ NaN. May be an Optax
+      schedule. Not used (nor checked) when ``meta_optimizer`` is given.
     meta_optimizer: replaces ``optax.adam(meta_lr)`` when given.
 
   Returns:
@@ -406,9 +445,14 @@ def auto_lambda(
         f"auto_lambda: primary must name at least one task index in [0, {num_tasks}); got "
         f"{primary!r}."
     )
+  _utils.check_range(init_weight, "auto_lambda", "init_weight", lo=-np.inf, hi=np.inf,
+                     lo_open=True, hi_open=True)
   pri = np.zeros(num_tasks, np.float32)
   pri[idx] = 1.0
-  meta_opt = meta_optimizer if meta_optimizer is not None else optax.adam(meta_lr)
+  if meta_optimizer is None:
+    meta_opt = optax.adam(_check_rate(meta_lr, "auto_lambda", "meta_lr"))
+  else:
+    meta_opt = meta_optimizer
 
   def losses_of(p: Any, batch: Any, key: jax.Array) -> jax.Array:
     losses = _values(task_losses_fn(p, batch, key), "task_losses_fn")

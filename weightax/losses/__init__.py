@@ -10,14 +10,18 @@ The GHM losses also take and return a ``GHMState`` holding their running bin cou
 return each element's weighted loss before mmdetection's division by its element count.
 
 Shapes and dtypes are checked eagerly with a ValueError. Values are checked whenever they
-are concrete (a ValueError saying what was expected and what came): integer labels outside
-``[0, C)``, sigmoid-type labels outside ``[0, 1]``, negative or NaN class counts and priors,
-β outside ``[0, 1]``, GHM momentum outside ``[0, 1)``, μ ≤ 0. Under ``jit``/``vmap`` the
-values cannot be inspected, and the same inputs give NaN (in the affected elements, or in
-every weight when they enter a normalisation) instead of a wrong number. Labels masked out
-by ``where`` (or by GHM's ``label_weights``) are never checked and never produce NaN, so an
-ignore index such as -100 works the same eagerly and under ``jit``. Integer counts of any
-size are converted through float64, so counts above 2^31 do not wrap.
+are concrete (a ValueError saying what was expected and what came, the offending value
+printed in full, so β = 1.0000001 does not read as 1): integer labels outside ``[0, C)``,
+sigmoid-type labels outside ``[0, 1]``, negative or NaN class counts, priors and per-class
+weights (softmax focal α, ``class_weights``), sigmoid focal α > 1, β outside ``[0, 1]``, GHM
+momentum outside ``[0, 1)``, μ ≤ 0, focal and ASL exponents γ < 0, ASL ``clip`` outside
+``[0, 1)``, LDAM ``max_margin`` < 0 and ``scale`` ≤ 0, and NaN (or an infinite γ, scale or
+margin) in any of these hyperparameters. Under ``jit``/``vmap`` the values cannot be
+inspected, and the same inputs give NaN (in the affected elements, or in every weight when
+they enter a normalisation) instead of a wrong number. Labels masked out by ``where`` (or by
+GHM's ``label_weights``) are never checked and never produce NaN, so an ignore index such as
+-100 works the same eagerly and under ``jit``. Integer counts of any size are converted
+through float64, so counts above 2^31 do not wrap.
 """
 
 from weightax.losses.asymmetric import asymmetric_loss

@@ -47,18 +47,38 @@ def to_float(x: Any, dtype: Any = None, what: str = "input") -> jax.Array:
   return arr if jnp.issubdtype(arr.dtype, jnp.floating) else arr.astype(jnp.float32)
 
 
-def _describe(bad: np.ndarray) -> str:
-  """A short description of offending values for an error message."""
-  nan = int(np.isnan(bad).sum()) if np.issubdtype(bad.dtype, np.floating) else 0
-  finite = bad[~np.isnan(bad)] if nan else bad
+def _fmt(v: Any) -> str:
+  """``v`` with every digit it has (``repr`` of the float64), so 1 + 1e-7 is not shown as 1."""
+  v = float(v)
+  return "NaN" if np.isnan(v) else repr(v)
+
+
+def _describe(values: np.ndarray, bad: np.ndarray) -> str:
+  """The offending ``values[bad]`` for an error message, digits and position included.
+
+  ``values`` are the checked values as float64 (exactly what was compared with the bounds)
+  and ``bad`` a boolean mask of their shape. A scalar is printed in full; for an array, the
+  count, the range of the finite offenders, the NaNs and the first offender with its index.
+  """
+  values = np.asarray(values, np.float64)
+  bad = np.asarray(bad, bool)
+  if values.ndim == 0:
+    return _fmt(values)
+  picked = values[bad]
+  nan = int(np.isnan(picked).sum())
+  finite = picked[~np.isnan(picked)]
+  first_index = tuple(int(i) for i in np.argwhere(bad)[0])
+  first = values[first_index]
+  if picked.size == 1:
+    return f"{_fmt(first)} at index {first_index}"
   parts = []
   if finite.size == 1:
-    parts.append(f"{finite.ravel()[0]:.6g}")
+    parts.append(_fmt(finite[0]))
   elif finite.size:
-    parts.append(f"{finite.size} values in [{finite.min():.6g}, {finite.max():.6g}]")
+    parts.append(f"{finite.size} values in [{_fmt(finite.min())}, {_fmt(finite.max())}]")
   if nan:
     parts.append(f"{nan} NaN")
-  return " and ".join(parts)
+  return f"{' and '.join(parts)}; the first, at index {first_index}, is {_fmt(first)}"
 
 
 def check_range(
@@ -72,16 +92,43 @@ def check_range(
   host = concrete(x)
   if host is None or host.size == 0:
     return
+  host = host.astype(np.float64)
+  ok = ((host > lo) if lo_open else (host >= lo)) & ((host < hi) if hi_open else (host <= hi))
+  bad = ~ok
   if where is not None:
     sel = concrete(where)
     if sel is None:
       return
-    host = host[np.broadcast_to(sel, host.shape)]
-  host = host.astype(np.float64)
-  ok = ((host > lo) if lo_open else (host >= lo)) & ((host < hi) if hi_open else (host <= hi))
-  if not np.all(ok):
+    bad &= np.broadcast_to(np.asarray(sel, bool), host.shape)
+  if np.any(bad):
     interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    raise ValueError(f"{fn}: {name} must lie in {interval}; got {_describe(host[~ok])}.")
+    raise ValueError(f"{fn}: {name} must lie in {interval}; got {_describe(host, bad)}.")
+
+
+def check_hyperparameter(
+    x: Any, fn: str, name: str, *, lo: float, hi: float, lo_open: bool = False,
+    hi_open: bool = False,
+) -> jax.Array | None:
+  """Validates a hyperparameter that may be traced; returns the mask for ``nan_unless``.
+
+  A concrete ``x`` is checked by ``check_range`` (a ValueError when it leaves the interval
+  or is NaN) and ``None`` is returned: it is not converted or masked any further. A traced
+  ``x`` cannot be inspected; the result is then the traced boolean "``x`` lies in the
+  interval", with which the caller turns its output into NaN rather than a meaningless
+  number.
+  """
+  check_range(x, fn, name, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+  if concrete(x) is not None:
+    return None
+  x = jnp.asarray(x)
+  return ((x > lo) if lo_open else (x >= lo)) & ((x < hi) if hi_open else (x <= hi))
+
+
+def nan_unless(ok: jax.Array | None, arr: jax.Array) -> jax.Array:
+  """``arr`` where ``ok`` (from ``check_hyperparameter``; ``None`` is all True), else NaN."""
+  if ok is None:
+    return arr
+  return jnp.where(ok, arr, jnp.full((), jnp.nan, arr.dtype))
 
 
 def check_logits(logits: Any, fn: str, *, min_ndim: int = 0) -> jax.Array:
@@ -197,6 +244,15 @@ def check_class_vector(v: Any, num_classes: int, name: str, fn: str, dtype: Any)
   return to_float(v, dtype, f"{fn}: {name}")
 
 
+def check_class_weights(v: Any, num_classes: int, name: str, fn: str, dtype: Any) -> jax.Array:
+  """A per-class weight vector ``(C,)`` of entries ``>= 0``, in ``dtype``.
+
+  A negative weight would make that class's loss negative (gradient ascent on it).
+  Negative or NaN entries raise when concrete and become NaN under ``jit``.
+  """
+  return nonnegative(check_class_vector(v, num_classes, name, fn, dtype), v, fn, name)
+
+
 def nonnegative(arr: jax.Array, original: Any, fn: str, name: str) -> jax.Array:
   """Refuses negative or NaN entries of concrete ``original``; under jit they become NaN."""
   host = concrete(original)
@@ -204,9 +260,7 @@ def nonnegative(arr: jax.Array, original: Any, fn: str, name: str) -> jax.Array:
     host = np.asarray(host, np.float64)
     bad = ~(host >= 0)
     if np.any(bad):
-      raise ValueError(
-          f"{fn}: {name} must be >= 0 and not NaN; got {_describe(host[bad])}."
-      )
+      raise ValueError(f"{fn}: {name} must be >= 0 and not NaN; got {_describe(host, bad)}.")
   return jnp.where(arr >= 0, arr, jnp.full((), jnp.nan, arr.dtype))
 
 

@@ -47,16 +47,21 @@ def asymmetric_loss(
 
   The reference code sums over elements; this returns them unreduced and positive.
 
-  Labels outside ``[0, 1]`` (or NaN) that are not masked out raise a ValueError when
-  concrete and give a NaN loss under ``jit``/``vmap``.
+  Labels outside ``[0, 1]`` (or NaN) that are not masked out, ``gamma_pos`` or ``gamma_neg``
+  negative, infinite or NaN, and ``clip`` outside ``[0, 1)`` or NaN raise a ValueError when
+  concrete, and give a NaN loss under ``jit``/``vmap`` (the affected elements for labels,
+  every element for the hyperparameters).
 
   Args:
     logits: floating array of any shape, e.g. ``[batch, num_labels]``.
     labels: targets in {0, 1} (soft targets in ``[0, 1]`` are accepted) with the shape of
       ``logits``; entries masked out by ``where`` are ignored (any value, e.g. -100).
-    gamma_pos: focusing exponent for positives (1 or 0 in the paper); may be traced.
-    gamma_neg: focusing exponent for negatives (4 in the paper); may be traced.
-    clip: probability margin m in ``[0, 1)`` (0.05 in the paper); 0 disables it.
+    gamma_pos: focusing exponent for positives, finite and ``>= 0`` (1 or 0 in the paper);
+      may be traced.
+    gamma_neg: focusing exponent for negatives, finite and ``>= 0`` (4 in the paper); may
+      be traced.
+    clip: probability margin m in ``[0, 1)`` (0.05 in the paper); 0 disables it. May be
+      traced.
     detach_focusing_weights: compute the focusing weights without gradient, as the
       reference training code does (a Python bool).
     where: optional boolean mask with the shape of ``logits``; masked elements give 0.
@@ -80,6 +85,15 @@ def asymmetric_loss(
   _utils.check_same_shape(labels, logits, "labels", "logits", fn)
   mask = _utils.check_mask(where, logits.shape, fn)
   labels = _utils.check_unit_labels(labels, logits, fn, mask)
+  # A negative exponent turns the focusing weight into an up-weighting (p_m^γ is infinite
+  # at p = m); a margin outside [0, 1) mixes the two branches below or discards everything.
+  ok = [
+      _utils.check_hyperparameter(gamma_pos, fn, "gamma_pos", lo=0.0, hi=jnp.inf,
+                                  hi_open=True),
+      _utils.check_hyperparameter(gamma_neg, fn, "gamma_neg", lo=0.0, hi=jnp.inf,
+                                  hi_open=True),
+      _utils.check_hyperparameter(clip, fn, "clip", lo=0.0, hi=1.0, hi_open=True),
+  ]
   dtype = logits.dtype
   # stop_gradient on the weights only: the log terms keep their gradient, as in the
   # reference code, where torch.set_grad_enabled(False) wraps the weights' computation.
@@ -101,4 +115,6 @@ def asymmetric_loss(
   log_pm = jnp.log(jnp.where(shifted, p_m, 1))
   loss_neg = jnp.where(shifted, -focusing(jnp.exp(gn * log_pm)) * log_one_minus_pm, 0)
   loss = labels * loss_pos + (1 - labels) * loss_neg
+  for hp_ok in ok:
+    loss = _utils.nan_unless(hp_ok, loss)
   return _utils.apply_mask(loss.astype(dtype), mask)

@@ -172,7 +172,8 @@ def weighted_softmax_cross_entropy(
     logits: floating array ``[..., C]``.
     labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``; entries
       masked out by ``where`` are ignored (any value, e.g. an ignore index -100).
-    class_weights: optional per-class weights ``[C]``.
+    class_weights: optional per-class weights ``[C]``, ``>= 0`` (negative or NaN entries
+      raise a ValueError when concrete and give NaN for their classes under ``jit``).
     sample_weights: optional per-example weights with the shape of ``labels``.
     where: optional boolean mask with the shape of ``labels``; masked examples give 0.
 
@@ -198,7 +199,7 @@ def weighted_softmax_cross_entropy(
   dtype = logits.dtype
   loss = -_utils.class_logprobs(logits, labels)[0]
   if class_weights is not None:
-    cw = _utils.check_class_vector(class_weights, logits.shape[-1], "class_weights", fn, dtype)
+    cw = _utils.check_class_weights(class_weights, logits.shape[-1], "class_weights", fn, dtype)
     loss = cw[labels] * loss
   if sample_weights is not None:
     sw = _utils.check_same_shape(sample_weights, loss, "sample_weights", "labels", fn)

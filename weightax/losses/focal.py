@@ -17,6 +17,12 @@ def _safe_log(x: jax.Array) -> jax.Array:
   return jnp.where(pos, jnp.log(jnp.where(pos, x, 1)), -jnp.inf)
 
 
+def _check_gamma(gamma: ArrayLike, fn: str) -> jax.Array | None:
+  # (1 - p_t)^gamma: a negative gamma up-weights the easy examples, and gamma = inf gives
+  # 0 * inf = NaN where p_t = 0.
+  return _utils.check_hyperparameter(gamma, fn, "gamma", lo=0.0, hi=jnp.inf, hi_open=True)
+
+
 def sigmoid_focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -43,8 +49,9 @@ def sigmoid_focal_loss(
   (``alpha=-1``); both give :math:`\alpha_t = 1`.
 
   Invalid values are refused when they are concrete: labels outside ``[0, 1]`` (or NaN)
-  where not masked out, and ``alpha > 1`` or NaN, raise a ValueError. Under ``jit``/``vmap``
-  they cannot be inspected and give a NaN loss for the affected elements instead.
+  where not masked out, ``alpha > 1`` or NaN, and ``gamma`` negative, infinite or NaN, raise
+  a ValueError. Under ``jit``/``vmap`` they cannot be inspected and give a NaN loss for the
+  affected elements instead.
 
   Args:
     logits: floating array of any shape.
@@ -53,7 +60,8 @@ def sigmoid_focal_loss(
     alpha: weight of positives in ``[0, 1]`` (negatives get ``1 - alpha``); ``None`` or a
       negative value disables it. May be a traced scalar (or any array broadcastable to
       ``logits``).
-    gamma: focusing exponent :math:`\gamma \ge 0`; ``0`` gives (α-weighted) cross-entropy.
+    gamma: focusing exponent :math:`\gamma \ge 0` (finite); ``0`` gives (α-weighted)
+      cross-entropy. May be traced.
     where: optional boolean mask with the shape of ``logits``; masked elements give 0.
 
   Returns:
@@ -75,6 +83,7 @@ def sigmoid_focal_loss(
   _utils.check_same_shape(labels, logits, "labels", "logits", fn)
   mask = _utils.check_mask(where, logits.shape, fn)
   labels = _utils.check_unit_labels(labels, logits, fn, mask)
+  gamma_ok = _check_gamma(gamma, fn)
   dtype = logits.dtype
   log_p = jax.nn.log_sigmoid(logits)
   log_q = jax.nn.log_sigmoid(-logits)
@@ -89,6 +98,7 @@ def sigmoid_focal_loss(
     # Negative: no alpha (torchvision's alpha=-1). NaN or > 1 only reach here when traced.
     nan = jnp.full((), jnp.nan, dtype)
     loss = jnp.where(a < 0, 1, jnp.where(a <= 1, alpha_t, nan)) * loss
+  loss = _utils.nan_unless(gamma_ok, loss)
   return _utils.apply_mask(loss.astype(dtype), mask)
 
 
@@ -110,12 +120,18 @@ def softmax_focal_loss(
   :math:`(1 - p_y)^\gamma` is computed in log space and values and gradients stay finite
   and accurate even when :math:`p_y` rounds to 1.
 
+  ``gamma`` negative, infinite or NaN, and negative or NaN entries of ``alpha``, raise a
+  ValueError when concrete; under ``jit``/``vmap`` they give a NaN loss (every example for
+  ``gamma``, the examples of the affected classes for ``alpha``).
+
   Args:
     logits: floating array ``[..., C]`` with ``C >= 2``.
     labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``; entries
       masked out by ``where`` are ignored (any value, e.g. an ignore index -100).
-    gamma: focusing exponent :math:`\gamma \ge 0`; ``0`` gives cross-entropy. May be traced.
-    alpha: optional per-class weights ``[C]`` (e.g. from ``class_balanced_weights``).
+    gamma: focusing exponent :math:`\gamma \ge 0` (finite); ``0`` gives cross-entropy. May
+      be traced.
+    alpha: optional per-class weights ``[C]``, ``>= 0`` (e.g. from
+      ``class_balanced_weights``).
     where: optional boolean mask with the shape of ``labels``; masked examples give 0.
 
   Returns:
@@ -136,10 +152,12 @@ def softmax_focal_loss(
   fn = "softmax_focal_loss"
   logits = _utils.check_logits(logits, fn, min_ndim=1)
   labels, mask = _utils.check_integer_labels(labels, logits, fn, where)
+  gamma_ok = _check_gamma(gamma, fn)
   dtype = logits.dtype
   log_p, log_not_p = _utils.class_logprobs(logits, labels)
   loss = -jnp.exp(jnp.asarray(gamma).astype(dtype) * log_not_p) * log_p
   if alpha is not None:
-    a = _utils.check_class_vector(alpha, logits.shape[-1], "alpha", fn, dtype)
+    a = _utils.check_class_weights(alpha, logits.shape[-1], "alpha", fn, dtype)
     loss = a[labels] * loss
+  loss = _utils.nan_unless(gamma_ok, loss)
   return _utils.apply_mask(loss.astype(dtype), mask)

@@ -20,12 +20,14 @@ def ldam_margins(class_counts: ArrayLike, *, max_margin: ArrayLike = 0.5) -> jax
   counts, including fractions (class frequencies give the same margins as counts). A class
   with count 0 (absent) gets the largest margin and the minimum is taken over the present
   classes (the reference code would divide by zero). Integer counts of any size are
-  converted through float64, so counts above 2^31 do not wrap. Negative or NaN counts
-  raise a ValueError when concrete and give all-NaN margins under ``jit``.
+  converted through float64, so counts above 2^31 do not wrap. Negative or NaN counts, and
+  a negative, infinite or NaN ``max_margin``, raise a ValueError when concrete and give
+  all-NaN margins under ``jit``.
 
   Args:
     class_counts: training samples (or frequencies) per class ``[C]``, ``>= 0``.
-    max_margin: the margin of the rarest class; may be traced.
+    max_margin: the margin of the rarest class, finite and ``>= 0`` (0 gives no margins);
+      may be traced.
 
   Returns:
     Margins ``[C]`` (float32, or the floating dtype of ``class_counts``).
@@ -40,17 +42,25 @@ def ldam_margins(class_counts: ArrayLike, *, max_margin: ArrayLike = 0.5) -> jax
     Cao et al., `Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss
     <https://arxiv.org/abs/1906.07413>`_, NeurIPS 2019.
   """
-  n = _utils.check_counts(class_counts, "ldam_margins")
-  return _margins(n, max_margin)
+  fn = "ldam_margins"
+  n = _utils.check_counts(class_counts, fn)
+  return _margins(n, max_margin, fn)
 
 
-def _margins(n: jax.Array, max_margin: ArrayLike) -> jax.Array:
-  """Margins in ``n``'s dtype from validated counts (NaN only when traced)."""
+def _margins(n: jax.Array, max_margin: ArrayLike, fn: str) -> jax.Array:
+  """Margins in ``n``'s dtype from validated counts, and the check of ``max_margin``.
+
+  NaN counts (only possible when traced) and a traced invalid ``max_margin`` give NaN.
+  """
+  # A negative margin would raise the true class's logit instead of lowering it.
+  ok = _utils.check_hyperparameter(max_margin, fn, "max_margin", lo=0.0, hi=jnp.inf,
+                                   hi_open=True)
   present = n > 0
   n_min = jnp.min(jnp.where(present, n, jnp.inf))  # inf only when every class is absent
   ratio = jnp.where(present, n_min / jnp.where(present, n, 1), 1)
   margins = jnp.asarray(max_margin, n.dtype) * ratio**0.25
-  return jnp.where(jnp.any(jnp.isnan(n)), jnp.full((), jnp.nan, n.dtype), margins)
+  margins = jnp.where(jnp.any(jnp.isnan(n)), jnp.full((), jnp.nan, n.dtype), margins)
+  return _utils.nan_unless(ok, margins)
 
 
 def ldam_loss(
@@ -78,17 +88,20 @@ def ldam_loss(
   reference code's mean divides by :math:`\sum_i w_{y_i}` instead of the batch size.
 
   Computed in the precision of ``logits`` (float64 logits under x64 give float64 margins
-  and loss; bfloat16/float16 margins are computed in float32 and rounded once). Counts are
-  validated as in ``ldam_margins``.
+  and loss; bfloat16/float16 margins are computed in float32 and rounded once). Counts and
+  ``max_margin`` are validated as in ``ldam_margins``; ``scale`` that is not positive and
+  finite, and negative or NaN ``class_weights``, raise a ValueError when concrete and give a
+  NaN loss under ``jit`` (every example, or those of the affected classes).
 
   Args:
     logits: floating array ``[..., C]``.
     labels: integer class indices in ``[0, C)`` with shape ``logits.shape[:-1]``; entries
       masked out by ``where`` are ignored (any value, e.g. an ignore index -100).
     class_counts: training samples (or frequencies) per class ``[C]``, ``>= 0``.
-    max_margin: largest margin :math:`\Delta_{\max}` (0.5 in the paper); may be traced.
-    scale: logit scale s (30 in the paper); may be traced.
-    class_weights: optional per-class weights ``[C]`` (DRW).
+    max_margin: largest margin :math:`\Delta_{\max}`, finite and ``>= 0`` (0.5 in the
+      paper); may be traced.
+    scale: logit scale s, finite and ``> 0`` (30 in the paper); may be traced.
+    class_weights: optional per-class weights ``[C]``, ``>= 0`` (DRW).
     where: optional boolean mask with the shape of ``labels``; masked examples give 0.
 
   Returns:
@@ -114,12 +127,15 @@ def ldam_loss(
   # Margins in the logits' precision (float64 stays float64), at least float32 for bf16/f16.
   cdt = jnp.promote_types(dtype, jnp.float32)
   counts = _utils.check_class_counts(class_counts, num_classes, "class_counts", fn, cdt)
-  margins = _margins(counts, max_margin).astype(dtype)
+  # s <= 0 flattens (s = 0: log C for every example) or inverts the softmax.
+  scale_ok = _utils.check_hyperparameter(scale, fn, "scale", lo=0.0, hi=jnp.inf, lo_open=True,
+                                         hi_open=True)
+  margins = _margins(counts, max_margin, fn).astype(dtype)
   onehot = jax.nn.one_hot(labels, num_classes, dtype=dtype)
   shifted = jnp.asarray(scale).astype(dtype) * (logits - margins[labels][..., None] * onehot)
-  loss = -_utils.class_logprobs(shifted, labels)[0]
+  loss = _utils.nan_unless(scale_ok, -_utils.class_logprobs(shifted, labels)[0])
   if class_weights is not None:
-    cw = _utils.check_class_vector(class_weights, num_classes, "class_weights", fn, dtype)
+    cw = _utils.check_class_weights(class_weights, num_classes, "class_weights", fn, dtype)
     loss = cw[labels] * loss
   return _utils.apply_mask(loss.astype(dtype), mask)
 
