@@ -370,6 +370,87 @@ def test_degenerate_gradients_give_finite_updates(name, case):
   assert _shapes(_at(outs, 0)) == _shapes(params)
 
 
+def _with_fill(name, grads, losses, fill_grad, fill_loss):
+  """T updates of ``name`` on ``grads`` / ``losses`` with task 1's first trunk weight and
+  task 1's loss set to the fills; returns (last update, last task_weights)."""
+  grads = jax.tree.map(lambda x: x, grads)
+  grads["trunk"]["w"] = grads["trunk"]["w"].at[:, 1, 0, 0].set(fill_grad)
+  losses = losses.at[:, 1].set(fill_loss)
+  keys = jax.random.split(jax.random.key(12), losses.shape[0])
+  outs, state = _run(_make(name), _params(), grads, losses, keys)
+  w = optax.tree_utils.tree_get(state, "task_weights")
+  return _at(outs, -1), (jnp.full((K,), jnp.nan) if w is None else w)
+
+
+def _nan_is_kept_or_irrelevant(name, nan_run, runs, what):
+  """Where the run with a NaN gave a finite number, the NaN's value cannot have mattered:
+  the runs with two other values in its place give that same number. Anything else is a
+  NaN turned into an ordinary-looking value (e.g. uniform or 1e6 weights)."""
+  for label, a, b, c in [("update", nan_run[0], runs[0][0], runs[1][0]),
+                         ("task_weights", nan_run[1], runs[0][1], runs[1][1])]:
+    for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c), strict=True):
+      x, y, z = (np.asarray(v, np.float64) for v in (x, y, z))
+      finite = np.isfinite(x)
+      np.testing.assert_allclose(
+          y[finite], x[finite], rtol=1e-5, atol=1e-6,
+          err_msg=f"{name}: a NaN {what} gave finite {label} values that depend on it")
+      np.testing.assert_allclose(
+          z[finite], x[finite], rtol=1e-5, atol=1e-6,
+          err_msg=f"{name}: a NaN {what} gave finite {label} values that depend on it")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_nan_gradient_is_never_hidden(name):
+  # Gramian methods used to return ordinary weights from a NaN Gramian (uniform for MGDA
+  # and UPGrad, 1e6 unclipped for Nash-MTL) and trimmed_mean trimmed the NaN away.
+  _, grads, losses, _ = _setup(seed=13, steps=2)
+  nan_run = _with_fill(name, grads, losses, jnp.nan, 1.0)
+  assert np.isnan(np.asarray(nan_run[0]["trunk"]["w"])[0, 0]), f"{name} dropped the NaN"
+  runs = [_with_fill(name, grads, losses, v, 1.0) for v in (0.0, 5.0)]
+  _nan_is_kept_or_irrelevant(name, nan_run, runs, "gradient entry")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_nan_task_loss_is_never_hidden(name):
+  _, grads, losses, _ = _setup(seed=14, steps=3)
+  try:
+    nan_run = _with_fill(name, grads, losses, 0.25, jnp.nan)
+  except ValueError as e:  # refused outright (concrete losses): not hidden either
+    assert "loss" in str(e), str(e)
+    return
+  runs = [_with_fill(name, grads, losses, 0.25, v) for v in (0.5, 3.0)]
+  _nan_is_kept_or_irrelevant(name, nan_run, runs, "task loss")
+
+
+def _float_hyperparams(name):
+  return [p.name for p in inspect.signature(_factory(name)).parameters.values()
+          if isinstance(p.default, float) and p.default != 0]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_nan_injected_hyperparameter_is_never_hidden(name):
+  # Under optax.inject_hyperparams a hyperparameter is traced, so no range check can run;
+  # a NaN must then show in the update. It used to vanish: UPGrad with reg_eps = NaN gave
+  # the plain mean, Nash-MTL with max_norm = NaN did not clip.
+  params, grads, losses, keys = _setup(seed=15, steps=2)
+  for hp in _float_hyperparams(name):
+    default = inspect.signature(_factory(name)).parameters[hp].default
+    tx = optax.inject_hyperparams(_factory(name), static_args=("num_tasks",))(
+        **_kwargs(name, K), **{hp: default})
+
+    def run(value, tx=tx, hp=hp):
+      state = tx.init(params)
+      hps = dict(state.hyperparams)
+      hps[hp] = jnp.asarray(value, hps[hp].dtype)
+      outs, state = _run(tx, params, grads, losses, keys, state=state._replace(hyperparams=hps))
+      w = optax.tree_utils.tree_get(state, "task_weights")
+      return _at(outs, -1), (jnp.full((K,), jnp.nan) if w is None else w)
+
+    run = jax.jit(run)
+    _nan_is_kept_or_irrelevant(name, run(jnp.nan), [run(0.5 * default), run(0.75 * default)],
+                               f"hyperparameter {hp}")
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_task_losses_with_wrong_k_raise(name):
   params, grads, _, keys = _setup(seed=11, steps=1)

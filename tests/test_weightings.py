@@ -440,3 +440,53 @@ def test_nash_mtl_aggregator_reuses_alpha_between_updates():
   np.testing.assert_allclose(u3["w"], a2 @ j2, rtol=2e-3)
   with pytest.raises(ValueError, match="num_tasks"):
     wx.nash_mtl(update_weights_every=3)
+
+
+PUBLIC = [getattr(ww, n) for n in ww.__all__ if callable(getattr(ww, n)) and n != "pcgrad_order"]
+# A float hyperparameter of each weighting that may be traced (NaN must not pass silently).
+FLOAT_HP = {"cagrad": "c", "mgda": "reg_eps", "nash_mtl": "max_norm", "upgrad": "reg_eps",
+            "dualproj": "reg_eps", "fairgrad": "alpha", "gradvac": "beta", "sdmgrad": "lam",
+            "modo": "gamma"}
+
+
+def test_every_public_weighting_is_covered():
+  assert {f.__name__ for f in PUBLIC} == {
+      "cagrad", "gradvac", "imtl", "imtl_g", "mgda", "nash_mtl", "pcgrad", "upgrad",
+      "aligned_mtl", "dualproj", "krum", "fairgrad", "config", "sdmgrad", "modo"}
+
+
+@pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__name__)
+def test_nan_in_gives_nan_weights(fn):
+  # A NaN Gramian used to come back as ordinary weights: uniform (MGDA, UPGrad, DualProj,
+  # FairGrad, MoDo), ones (Aligned-MTL, PCGrad, GradVac), zeros (IMTL-G, IMTL, ConFIG),
+  # 1e6 (Nash-MTL); only SDMGrad gave NaN.
+  g = (lambda j: j @ j.T)(_jacobian(3, 3, 5)).astype(np.float32)
+  bad = g.copy()
+  bad[1, :] = bad[:, 1] = np.nan
+  for gram in (bad, np.where(np.eye(3, dtype=bool), np.inf, g)):
+    w = np.asarray(jax.jit(fn)(jnp.asarray(gram)))
+    assert w.shape == (3,) and np.all(np.isnan(w)), (fn.__name__, w)
+  assert np.all(np.isfinite(np.asarray(fn(jnp.asarray(g)))))
+  if fn.__name__ in FLOAT_HP:  # a traced NaN hyperparameter (inject_hyperparams)
+    name = FLOAT_HP[fn.__name__]
+    w = jax.jit(lambda gram, v: fn(gram, **{name: v}))(jnp.asarray(g), jnp.float32(np.nan))
+    assert np.all(np.isnan(np.asarray(w))), (fn.__name__, name, w)
+
+
+@pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__name__)
+def test_low_precision_gramian_is_solved_in_float32(fn):
+  # A bfloat16 or float16 Gramian used to crash nine weightings in LAPACK.
+  g = (lambda j: j @ j.T)(_jacobian(4, 3, 5))
+  for dtype in (jnp.bfloat16, jnp.float16):
+    low = jnp.asarray(g, dtype)
+    w = fn(low)
+    assert w.dtype == jnp.float32, (fn.__name__, w.dtype)
+    np.testing.assert_allclose(w, fn(low.astype(jnp.float32)), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__name__)
+def test_a_gramian_that_is_not_square_is_refused(fn):
+  j = jnp.asarray(_jacobian(5, 3, 4), jnp.float32)
+  for wrong in (j, j[0]):  # J instead of J Jᵀ; a vector
+    with pytest.raises(ValueError, match=r"square \[K, K\] Gramian.*got shape"):
+      fn(wrong)

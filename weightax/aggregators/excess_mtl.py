@@ -143,7 +143,7 @@ def excess_mtl(
       excess = excess + jnp.sum((g / denom).reshape(k, -1) ** 2, axis=1)
     first = state.count == 0
     initial = jnp.where(first, excess, state.initial_excess)
-    known = initial > 0
+    known = initial != 0  # a NaN estimate (a NaN gradient) is "known": it must not become 0
     ratio = jnp.where(known, excess / jnp.where(known, initial, 1.0), 0.0)
     logits = jnp.log(state.weights) + step_size * ratio
     stepped = k * jax.nn.softmax(logits)  # w·exp(η e/e⁰), renormalised to Σ = K

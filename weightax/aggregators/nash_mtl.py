@@ -99,6 +99,8 @@ def nash_mtl(
       )
   if isinstance(reg_eps, int | float) and not reg_eps > 0:
     raise ValueError(f"{_NAME}: reg_eps must be positive; got {reg_eps}.")
+  if isinstance(max_norm, int | float) and max_norm != max_norm:
+    raise ValueError(f"{_NAME}: max_norm must be a number (<= 0: no clipping); got {max_norm}.")
 
   def init_fn() -> NashMTLState:
     k = 0 if num_tasks is None else num_tasks
@@ -123,6 +125,7 @@ def nash_mtl(
     limit = jnp.asarray(max_norm, jnp.float32)
     clip = (limit > 0) & (norm > limit)
     factor = jnp.where(clip, limit / jnp.where(clip, norm, 1.0), 1.0)
+    factor = jnp.where(jnp.isnan(limit), jnp.nan, factor)  # a traced NaN must not unclip
     return alpha * factor, NashMTLState(count=optax.safe_increment(state.count),
                                         alpha=cached.astype(state.alpha.dtype))
 

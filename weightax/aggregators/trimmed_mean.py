@@ -62,7 +62,9 @@ def trimmed_mean(
   update is **not a weighting** ``Σ_k w_k g_k``: with ``num_tasks=K`` the
   state's ``task_weights`` is NaN (there are no such weights to report). Shared
   leaves are aggregated; with a ``shared`` mask, task-specific leaves receive
-  ``Σ_k g_k``. On K identical gradients ``g`` the update is ``g``.
+  ``Σ_k g_k``. On K identical gradients ``g`` the update is ``g``. A NaN is
+  not trimmed away: a coordinate where some task's gradient is NaN is NaN
+  (an infinity is a value like any other, and is trimmed when extreme).
 
   Args:
     trim_number: ``b``, how many values are dropped at each end of every
@@ -100,6 +102,8 @@ def trimmed_mean(
     i = jnp.arange(k).reshape((k,) + (1,) * (g.ndim - 1))
     keep = (i >= b) & (i < k - b)
     out = jnp.sum(jnp.where(keep, ranked, 0.0), axis=0) / (k - 2 * b).astype(acc)
+    # A sort puts NaN last, where it would be trimmed as an extreme value: keep it instead.
+    out = jnp.where(jnp.any(jnp.isnan(g), axis=0), jnp.nan, out)
     return out.astype(g.dtype)
 
   def update(

@@ -18,6 +18,7 @@ from jax import lax
 
 __all__ = [
     "full_precision",
+    "pure_weighting",
     "normalize_gramian",
     "jacobi_ridge",
     "masked_solve",
@@ -38,6 +39,42 @@ def full_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
   def wrapped(*args: Any, **kwargs: Any) -> Any:
     with jax.default_matmul_precision("highest"):
       return fn(*args, **kwargs)
+
+  return wrapped
+
+
+def pure_weighting(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """The common entry of every pure weighting ``fn(gramian, ...)``.
+
+  - Refuses a ``gramian`` that is not a ``[K, K]`` matrix (e.g. ``J`` passed for ``J Jᵀ``),
+    naming ``fn``; shapes are static, so this holds under ``jit`` too.
+  - Computes in the Gramian's dtype promoted to at least float32: a bfloat16 or float16
+    Gramian (``J Jᵀ`` of low-precision gradients) is solved in float32.
+  - Runs ``fn`` at full matmul precision (:func:`full_precision`).
+  - Returns NaN (in every floating output) when the Gramian holds a NaN or an infinity, or
+    another floating argument (a hyperparameter, possibly traced, or a kept state such as
+    the last weights) holds a NaN. The solvers would otherwise turn such input into
+    ordinary-looking weights (uniform, zero, or 1e6 for Nash-MTL), hiding the NaN.
+  """
+  precise = full_precision(fn)
+
+  @functools.wraps(fn)
+  def wrapped(gramian: Any, *args: Any, **kwargs: Any) -> Any:
+    g = jnp.asarray(gramian)
+    if g.ndim != 2 or g.shape[0] != g.shape[1]:
+      raise ValueError(
+          f"{fn.__name__}: expected a square [K, K] Gramian G = J Jᵀ of the task gradients; "
+          f"got shape {g.shape}. Compute it with weightax.gramian(task_grads) (J @ J.T for a "
+          "[K, P] Jacobian).")
+    g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+    out = precise(g, *args, **kwargs)
+    bad = ~jnp.all(jnp.isfinite(g))
+    for x in jax.tree.leaves((args, kwargs)):
+      if isinstance(x, float) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
+        bad = bad | jnp.any(jnp.isnan(x))
+    return jax.tree.map(
+        lambda y: jnp.where(bad, jnp.nan, y) if jnp.issubdtype(y.dtype, jnp.floating) else y,
+        out)
 
   return wrapped
 

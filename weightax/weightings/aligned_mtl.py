@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from weightax.weightings._solvers import full_precision, normalize_gramian
+from weightax.weightings._solvers import normalize_gramian, pure_weighting
 
 __all__ = ["aligned_mtl", "ALIGNED_MTL_SCALE_MODES"]
 
@@ -15,7 +15,7 @@ ALIGNED_MTL_SCALE_MODES = ("min", "median", "rmse")
 
 
 @functools.partial(jax.jit, static_argnames=("scale_mode",))
-@full_precision
+@pure_weighting
 def aligned_mtl(
     gramian: jax.Array,
     *,

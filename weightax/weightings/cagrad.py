@@ -9,13 +9,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from weightax.weightings._solvers import (
-    full_precision,
-    jacobi_ridge,
-    masked_solve,
-    min_norm_simplex,
-    nnqp_budget,
-    normalize_gramian,
-    vary_like,
+  jacobi_ridge,
+  masked_solve,
+  min_norm_simplex,
+  nnqp_budget,
+  normalize_gramian,
+  pure_weighting,
+  vary_like,
 )
 
 __all__ = ["cagrad"]
@@ -89,7 +89,7 @@ def _projection_path(
 
 
 @functools.partial(jax.jit, static_argnames=("rescale",))
-@full_precision
+@pure_weighting
 def cagrad(
     gramian: jax.Array,
     *,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from weightax.weightings._solvers import full_precision, normalize_gramian
+from weightax.weightings._solvers import normalize_gramian, pure_weighting
 from weightax.weightings.imtl_g import IMTL_RANK_RTOL
 
 __all__ = ["config"]
 
 
 @jax.jit
-@full_precision
+@pure_weighting
 def config(gramian: jax.Array, *, pref_vector: jax.Array | None = None) -> jax.Array:
   """ConFIG weights: ``u = (Σ_i <g_i, d̂>) d̂`` with ``d = Û⁺p``, as ``Jᵀw``.
 

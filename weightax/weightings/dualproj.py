@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from weightax.weightings._solvers import (
-    full_precision,
-    nnqp,
-    normalize_gramian,
-    preference_vector,
-    relative_ridge_system,
+  nnqp,
+  normalize_gramian,
+  preference_vector,
+  pure_weighting,
+  relative_ridge_system,
 )
 
 __all__ = ["dualproj", "DUALPROJ_RIDGES"]
@@ -21,7 +21,7 @@ DUALPROJ_RIDGES = ("trace", "relative")
 
 
 @functools.partial(jax.jit, static_argnames=("ridge",))
-@full_precision
+@pure_weighting
 def dualproj(
     gramian: jax.Array,
     *,

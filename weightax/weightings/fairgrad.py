@@ -9,11 +9,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from weightax.weightings._solvers import (
-    full_precision,
-    jacobi_ridge,
-    nnqp,
-    normalize_gramian,
-    vary_like,
+  jacobi_ridge,
+  nnqp,
+  normalize_gramian,
+  pure_weighting,
+  vary_like,
 )
 
 __all__ = ["fairgrad", "FAIRGRAD_ITERS", "FAIRGRAD_POLISH_ITERS"]
@@ -24,7 +24,7 @@ _STEPS = 2.0 ** -jnp.arange(12)  # the step sizes tried at every iteration, all 
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters", "polish_iters"))
-@full_precision
+@pure_weighting
 def fairgrad(
     gramian: jax.Array,
     *,

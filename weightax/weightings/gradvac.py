@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from weightax.weightings._solvers import full_precision, normalize_gramian, vary_like
+from weightax.weightings._solvers import normalize_gramian, pure_weighting, vary_like
 from weightax.weightings.pcgrad import pcgrad_order
 
 __all__ = ["gradvac"]
@@ -16,6 +16,7 @@ __all__ = ["gradvac"]
 _EPS = 1e-8
 
 
+@pure_weighting
 def gradvac_step(
     gramian: jax.Array,
     targets: jax.Array,
@@ -63,7 +64,7 @@ def gradvac_step(
 
 
 @jax.jit
-@full_precision
+@pure_weighting
 def gradvac(
     gramian: jax.Array,
     targets: jax.Array | None = None,

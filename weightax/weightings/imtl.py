@@ -5,14 +5,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from weightax.weightings._solvers import full_precision
+from weightax.weightings._solvers import pure_weighting
 from weightax.weightings.imtl_g import imtl_g
 
 __all__ = ["imtl"]
 
 
 @jax.jit
-@full_precision
+@pure_weighting
 def imtl(gramian: jax.Array, log_scales: jax.Array | None = None) -> jax.Array:
   """Full IMTL's weights on the task gradients ``g_k``, given IMTL-L's log-scales ``s``.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from weightax.weightings._solvers import full_precision, normalize_gramian
+from weightax.weightings._solvers import normalize_gramian, pure_weighting
 
 __all__ = ["imtl_g", "IMTL_RANK_RTOL"]
 
@@ -16,7 +16,7 @@ IMTL_RANK_RTOL = 16.0
 
 
 @jax.jit
-@full_precision
+@pure_weighting
 def imtl_g(gramian: jax.Array) -> jax.Array:
   """IMTL-G weights: the update projects equally on every task's unit gradient.
 

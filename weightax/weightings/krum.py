@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from weightax.weightings._solvers import full_precision, normalize_gramian
+from weightax.weightings._solvers import normalize_gramian, pure_weighting
 
 __all__ = ["krum", "KRUM_DISTANCES", "check_krum"]
 
@@ -47,7 +47,7 @@ def check_krum(k: int | None, n_byzantine: Any, n_selected: Any, *, name: str = 
 
 
 @functools.partial(jax.jit, static_argnames=("distance",))
-@full_precision
+@pure_weighting
 def _krum(gramian: jax.Array, n_byzantine: Any, n_selected: Any, distance: str) -> jax.Array:
   g, _ = normalize_gramian(gramian)
   k = g.shape[0]

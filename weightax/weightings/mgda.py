@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import jax
 
-from weightax.weightings._solvers import full_precision, min_norm_simplex
+from weightax.weightings._solvers import min_norm_simplex, pure_weighting
 
 __all__ = ["mgda"]
 
 
 @jax.jit
-@full_precision
+@pure_weighting
 def mgda(gramian: jax.Array, *, reg_eps: float | jax.Array = 1e-6) -> jax.Array:
   """MGDA weights: the convex combination of task gradients with the smallest norm.
 

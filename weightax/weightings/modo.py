@@ -5,14 +5,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from weightax.weightings._solvers import full_precision
+from weightax.weightings._solvers import pure_weighting
 from weightax.weightings.sdmgrad import project_simplex
 
 __all__ = ["modo", "modo_step"]
 
 
 @jax.jit
-@full_precision
+@pure_weighting
 def modo_step(
     gramian: jax.Array,
     weights: jax.Array,

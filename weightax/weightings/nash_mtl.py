@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from weightax.weightings._solvers import full_precision, normalize_gramian
+from weightax.weightings._solvers import normalize_gramian, pure_weighting
 
 __all__ = ["nash_mtl", "NASH_NEWTON_STEPS"]
 
@@ -60,7 +60,7 @@ def _solve_alpha(c: jax.Array, ridge: jax.Array, num_iters: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters",))
-@full_precision
+@pure_weighting
 def nash_mtl(
     gramian: jax.Array,
     *,

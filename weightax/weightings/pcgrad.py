@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from weightax.weightings._solvers import full_precision, normalize_gramian, vary_like
+from weightax.weightings._solvers import normalize_gramian, pure_weighting, vary_like
 
 __all__ = ["pcgrad", "pcgrad_order"]
 
@@ -40,7 +40,7 @@ def pcgrad_order(num_tasks: int, key: jax.Array | None = None) -> jax.Array:
 
 
 @jax.jit
-@full_precision
+@pure_weighting
 def pcgrad(
     gramian: jax.Array, *, key: jax.Array | None = None, order: jax.Array | None = None
 ) -> jax.Array:

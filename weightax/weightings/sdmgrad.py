@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from weightax.weightings._solvers import full_precision, vary_like
+from weightax.weightings._solvers import pure_weighting, vary_like
 
 __all__ = ["sdmgrad", "sdmgrad_step", "project_simplex"]
 
@@ -59,7 +59,7 @@ def _normalized(cross: jax.Array, eps: jax.Array | float) -> jax.Array:
 
 
 @jax.jit
-@full_precision
+@pure_weighting
 def sdmgrad_step(
     gramian: jax.Array,
     weights: jax.Array,
