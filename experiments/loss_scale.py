@@ -23,6 +23,7 @@ Run ``python experiments/loss_scale.py --help`` for every option.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,9 @@ OPTIMIZERS = {
     "sgd+l2": (optax.sgd, 0.03, True),
 }
 ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
+# --quick's values, set on the options the command line does not give (_report.apply_quick)
+QUICK = {"w_min": 1.0, "w_max": 10.0, "num_w": 4, "seeds": 2, "steps": 1000,
+         "optimizers": "sgd,adam"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,23 +90,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="instead of --chunk-size: let wx.sweep size the chunks so that one "
                       "compiled chunk (XLA's memory analysis) uses at most this many MiB")
   p.add_argument("--quick", action="store_true",
-                 help="tiny run for tests: sgd and adam, 4 w in [1, 10], 2 seeds, 1000 steps")
+                 help="tiny run for tests: sgd and adam, 4 w in [1, 10], 2 seeds, 1000 steps "
+                      "(an option also given on the command line keeps its given value)")
   args = p.parse_args(argv)
   args.command = " ".join(["python experiments/loss_scale.py", *(sys.argv[1:] if argv is None
                                                                   else argv)])
+  _report.apply_quick(p, args, argv, **QUICK)
+  check_args(p, args)
+  return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Rejects bad options with ``p.error`` (exit status 2), before any output is written."""
+  quick = ""
   if args.quick:
-    args.w_min, args.w_max, args.num_w, args.seeds, args.steps = 1.0, 10.0, 4, 2, 1000
-    args.optimizers = "sgd,adam"
+    values = ", ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float)
+                       else f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+    quick = f" (with --quick, an option not given takes its quick value: {values})"
   args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
   unknown = [o for o in args.optimizers if o not in OPTIMIZERS]
   if unknown or not args.optimizers:
     p.error(f"--optimizers: expected a subset of {list(OPTIMIZERS)}; got {args.optimizers}")
-  if args.num_w < 2 or not 0 < args.w_min < args.w_max:
-    p.error(f"need --num-w >= 2 and 0 < --w-min < --w-max; got {args.num_w}, "
-            f"{args.w_min}, {args.w_max}")
-  if args.steps % args.eval_every:
-    p.error(f"--steps ({args.steps}) must be a multiple of --eval-every ({args.eval_every})")
-  return args
+  if len(set(args.optimizers)) != len(args.optimizers):
+    p.error(f"--optimizers: each optimizer at most once; got {args.optimizers}")
+  if (args.num_w < 2 or not (math.isfinite(args.w_min) and math.isfinite(args.w_max))
+      or not 0 < args.w_min < args.w_max):
+    p.error(f"need --num-w >= 2 and 0 < --w-min < --w-max (finite); got {args.num_w}, "
+            f"{args.w_min}, {args.w_max}{quick}")
+  if args.steps < 1 or args.eval_every < 1 or args.steps % args.eval_every:
+    p.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
+            f"({args.eval_every}){quick}")
+  for opt in ("seeds", "batch_size", "hidden"):
+    if getattr(args, opt) < 1:
+      p.error(f"--{opt.replace('_', '-')} must be a positive integer; got {getattr(args, opt)}"
+              f"{quick}")
+  if args.chunk_size is not None and args.chunk_size < 1:
+    p.error(f"--chunk-size must be a positive integer (omit it for the default); got "
+            f"{args.chunk_size}")
+  if not (math.isfinite(args.target) and args.target > 0):
+    p.error(f"--target must be a positive training cross-entropy; got {args.target}")
+  for name in args.optimizers:
+    lr = getattr(args, f"lr_{name.replace('+', '_')}")
+    if not (math.isfinite(lr) and lr > 0):
+      p.error(f"--lr-{name.replace('+', '-')} must be a positive learning rate; got {lr}")
+  for opt in ("l2", "adamw_decay"):
+    if not (math.isfinite(getattr(args, opt)) and getattr(args, opt) >= 0):
+      p.error(f"--{opt.replace('_', '-')} must be >= 0; got {getattr(args, opt)}")
+  if args.memory_budget_mb is not None:
+    if args.chunk_size is not None:
+      p.error("give --chunk-size or --memory-budget-mb, not both")
+    if not (math.isfinite(args.memory_budget_mb) and args.memory_budget_mb > 0):
+      p.error(f"--memory-budget-mb must be positive; got {args.memory_budget_mb}")
 
 
 def make_optimizer(name: str, lr: jax.Array, args: argparse.Namespace):
@@ -154,13 +192,19 @@ def make_train(args: argparse.Namespace, x: jax.Array, y: jax.Array):
 
 
 def main(argv: list[str] | None = None) -> dict:
-  args = parse_args(argv)
-  if args.memory_budget_mb is not None and args.chunk_size is not None:
-    raise SystemExit("loss_scale: give --chunk-size or --memory-budget-mb, not both.")
-  if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
-    raise SystemExit(f"loss_scale: --memory-budget-mb must be positive; got "
-                     f"{args.memory_budget_mb}.")
+  args = parse_args(argv)  # every option is checked here, before any output is written
+  existed = args.out is not None and Path(args.out).exists()
   out = new_run_dir("loss_scale", args.out)
+  try:
+    return _run(args, out)
+  except BaseException:
+    # a run that fails (or is interrupted) before writing anything leaves no empty directory
+    if not existed and out.is_dir() and not any(out.iterdir()):
+      out.rmdir()
+    raise
+
+
+def _run(args: argparse.Namespace, out: Path) -> dict:
   train_split, _ = load_digits(seed=0)
   x, y = jnp.asarray(train_split.x), jnp.asarray(train_split.y)
   ws = np.logspace(np.log10(args.w_min), np.log10(args.w_max), args.num_w)

@@ -14,6 +14,7 @@ ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
 SPREAD_RANGE = (1e-2, 10.0)  # the spread is taken over the w of the grid inside this range
 TOL = 0.25  # "invariant": every w needs within ±25% of the steps at the reference w
 SLOPE_BAND = 0.15  # "steps ∝ 1/w": the slope's interval lies within -1 ± this (issue 2's bar)
+RANGE_SPEC = ".3g"  # w in range labels, as _report.fmt writes single numbers
 
 
 def steps_to_target(curve: np.ndarray, eval_every: int, target: float) -> float:
@@ -54,12 +55,15 @@ def spread_mask(ws: np.ndarray) -> np.ndarray:
   return (ws >= SPREAD_RANGE[0] * (1 - 1e-6)) & (ws <= SPREAD_RANGE[1] * (1 + 1e-6))
 
 
-def analyse(steps: np.ndarray, ws: np.ndarray, names: list[str], tol: float = TOL) -> dict:
+def analyse(steps: np.ndarray, ws: np.ndarray, names: list[str], tol: float = TOL,
+            budget: int | None = None) -> dict:
   """Per-optimizer numbers from ``steps[opt, w, seed]``.
 
   Besides the median slope and the spread, each entry holds the t-interval of the
   per-seed slopes (``slope_ci``) and the verdict that follows from the numbers
-  (:func:`classify`), so the answer can never contradict the table.
+  (:func:`classify`), so the answer can never contradict the table. ``budget`` is the
+  number of steps each run had (named in the verdicts of the w that never reach the
+  target).
   """
   out = {}
   in_range = spread_mask(ws)
@@ -80,42 +84,85 @@ def analyse(steps: np.ndarray, ws: np.ndarray, names: list[str], tol: float = TO
         "w_reached": ws[reached].tolist(),
         "w_unreached_in_spread_range": ws[in_range & ~reached].tolist(),
         "median_steps": med.tolist(),
-        "spread_range": _report.range_label(ws[in_range]),
-        "reference_range": _report.range_label(ws[reference_mask(ws)]),
+        "spread_range": _report.range_label(ws[in_range], RANGE_SPEC),
+        "reference_range": _report.range_label(ws[reference_mask(ws)], RANGE_SPEC),
     }
     if name in ADAPTIVE:
       entry["w_invariant_down_to"] = invariant_down_to(med, ws, tol)
-    entry["verdict"], entry["verdict_text"] = classify(name, entry, ws, tol)
+    entry["verdict"], entry["verdict_text"] = classify(name, entry, ws, tol, budget)
     out[name] = entry
   return out
 
 
-def classify(name: str, e: dict, ws: np.ndarray, tol: float = TOL) -> tuple[str, str]:
+VERDICTS = ("invariant", "invariant_down_to", "not_invariant", "proportional", "slower", "faster",
+            "no_evidence", "too_few_reached", "unreached")
+"""Every verdict :func:`classify` can give."""
+
+
+def _within(budget: int | None) -> str:
+  return f"within {budget} steps" if budget else "within the run's steps"
+
+
+def _unreached_note(ws: np.ndarray, reached: np.ndarray, budget: int | None) -> str:
+  """``"; not reached within N steps at w <= X (k of n w)"`` or ``""``."""
+  miss = ws[~reached]
+  if miss.size == 0:
+    return ""
+  if reached.any() and miss.max() < ws[reached].min():
+    which = f"w <= {_report.fmt(miss.max())} ({miss.size} of {ws.size} w)"
+  else:
+    which = f"{miss.size} of {ws.size} w ({', '.join(_report.fmt(w) for w in miss)})"
+  return f"; not reached {_within(budget)} at {which}"
+
+
+def classify(name: str, e: dict, ws: np.ndarray, tol: float = TOL,
+             budget: int | None = None) -> tuple[str, str]:
   """The verdict on one optimizer, decided from its numbers only: ``(code, sentence)``.
 
+  A w "reaches the target" when every seed at it does (the median over seeds is then
+  finite), as in the table's column of the w that reach it; ``budget`` is the number of
+  steps each run had. The codes are those of :data:`VERDICTS`.
+
   Adaptive optimizers: ``"invariant"`` when every w of the grid needs within ±tol of the
-  steps at the reference w, ``"invariant_down_to"`` when that holds from some w upward,
-  ``"not_invariant"`` when the steps at the reference w are reached but already the
-  next smaller w leaves the band, and ``"unreached"`` when the reference is not reached.
-  The others: ``"slower"`` when the t-interval of the per-seed slopes lies below 0, with
-  ``"proportional"`` instead when it lies within ``-1 ± SLOPE_BAND``; ``"faster"`` when above 0;
-  ``"no_evidence"`` otherwise (including fewer than 2 seeds with a slope).
+  steps at the reference w, ``"invariant_down_to"`` when that holds from some w below the
+  reference range upward, ``"not_invariant"`` when it fails within the reference range or
+  already at the next w below it (invariance at the reference w alone is no invariance),
+  and ``"unreached"`` when the reference is not reached.
+  The others: ``"unreached"`` when no w reaches the target and ``"too_few_reached"`` when
+  one does (no slope can be fitted; the sentence names the w that do not reach it);
+  otherwise ``"slower"`` when the t-interval of the per-seed slopes lies below 0, with
+  ``"proportional"`` instead when it lies within ``-1 ± SLOPE_BAND``; ``"faster"`` when
+  above 0; ``"no_evidence"`` otherwise (including fewer than 2 seeds with a slope).
   """
-  grid = _report.range_label(ws)
+  grid = _report.range_label(ws, RANGE_SPEC)
+  med = np.asarray(e["median_steps"], np.float64)
+  reached = np.isfinite(med)
+  within = _within(budget)
   if name in ADAPTIVE:
     inv = e.get("w_invariant_down_to", math.nan)
     ref = e["reference_range"]
-    if not np.isfinite(inv):
-      reached = np.isfinite(np.asarray(e["median_steps"])[reference_mask(ws)]).all()
-      if not reached:
-        return "unreached", f"does not reach the target at the reference w in {ref}"
+    ref_mask = reference_mask(ws)
+    if not reached[ref_mask].all():
+      return "unreached", f"does not reach the target at the reference w in {ref} {within}"
+    if not np.isfinite(inv) or inv > ws[ref_mask].min() * (1 + 1e-6):
       return "not_invariant", (f"NOT invariant: steps leave ±{tol:.0%} of those at w in {ref} "
                                "already within that range")
     if inv <= ws.min() * (1 + 1e-6):
       return "invariant", (f"invariant over the whole grid run, w in {grid}: every w needs "
                            f"within ±{tol:.0%} of the steps at w in {ref}")
+    below = _next_below(med, ws, inv, budget)
+    if inv >= ws[ref_mask].min() * (1 - 1e-6):
+      return "not_invariant", (f"NOT invariant below the reference w in {ref}: {below}")
     return "invariant_down_to", (f"steps within ±{tol:.0%} of those at w in {ref} for every "
-                                 f"w >= {_report.fmt(inv)}, but not at the next smaller w")
+                                 f"w >= {_report.fmt(inv)}, but not below: {below}")
+  if reached.sum() < 2:
+    if not reached.any():
+      return "unreached", (f"no w of the grid reaches the target {within}, so no slope can "
+                           "be fitted")
+    w0 = _report.fmt(ws[reached][0])
+    return "too_few_reached", (f"reaches the target only at w = {w0}, so no slope can be "
+                               f"fitted{_unreached_note(ws, reached, budget)}")
+  note = _unreached_note(ws, reached, budget)
   lo, hi = e["slope_ci"]
   ci = f"95% CI of the slope [{_report.fmt(lo, '+.2f')}, {_report.fmt(hi, '+.2f')}]"
   if hi < 0:
@@ -123,14 +170,24 @@ def classify(name: str, e: dict, ws: np.ndarray, tol: float = TOL) -> tuple[str,
              else "")
     if -1 - SLOPE_BAND <= lo and hi <= -1 + SLOPE_BAND:
       return "proportional", (f"w acts as a learning-rate multiplier: smaller w, "
-                              f"proportionally slower ({ci}){extra}")
+                              f"proportionally slower ({ci}){extra}{note}")
     if lo <= -1 <= hi:
       return "slower", (f"slower as w shrinks; consistent with steps ∝ 1/w, but the interval "
-                        f"is too wide to confirm it ({ci}){extra}")
-    return "slower", f"slower as w shrinks, but not proportionally ({ci}){extra}"
+                        f"is too wide to confirm it ({ci}){extra}{note}")
+    return "slower", f"slower as w shrinks, but not proportionally ({ci}){extra}{note}"
+  among = " among the w that reach the target" if note else ""
   if lo > 0:
-    return "faster", f"faster as w shrinks ({ci})"
-  return "no_evidence", f"no significant dependence of the steps on w ({ci})"
+    return "faster", f"faster as w shrinks{among} ({ci}){note}"
+  return "no_evidence", f"no significant dependence of the steps on w{among} ({ci}){note}"
+
+
+def _next_below(med: np.ndarray, ws: np.ndarray, w: float, budget: int | None) -> str:
+  """What happens at the grid's next w below ``w`` (relative to the reference steps)."""
+  i = int(np.flatnonzero(ws <= w * (1 + 1e-6)).max()) - 1
+  ref = float(np.median(med[reference_mask(ws)]))
+  if not np.isfinite(med[i]):
+    return f"w = {_report.fmt(ws[i])} does not reach the target {_within(budget)}"
+  return f"w = {_report.fmt(ws[i])} needs {med[i] / ref:.2f}x the steps"
 
 
 def invariant_down_to(med: np.ndarray, ws: np.ndarray, tol: float) -> float:
@@ -160,8 +217,11 @@ def answer_text(summary: dict) -> str:
   for name, e in summary["optimizers"].items():
     slope = _fmt(e["slope"], "+.2f")
     spread = _fmt(e["spread"], ".2f") + "x"
-    if e["w_unreached_in_spread_range"]:
-      spread = f"> {spread} ({len(e['w_unreached_in_spread_range'])} w never reach the target)"
+    miss = len(e["w_unreached_in_spread_range"])
+    if miss and math.isfinite(e["spread"]):
+      spread = f"> {spread} ({miss} w never {'reaches' if miss == 1 else 'reach'} the target)"
+    elif miss:
+      spread = f"— ({miss} w never {'reaches' if miss == 1 else 'reach'} the target)"
     lines.append(f"  {name:>13}: slope {slope}, spread over w in {e['spread_range']} {spread}: "
                  f"{e['verdict_text']}")
   return "\n".join(lines)
@@ -173,7 +233,7 @@ def write_all(out: Path, res, args, ws: np.ndarray, elapsed: float) -> dict:
   curves = res.grid("curve")  # [opt, w, seed, n_eval]
   norms = res.grid("param_norm")
   steps = np.apply_along_axis(steps_to_target, -1, curves, args.eval_every, args.target)
-  analysis = analyse(steps, ws, names)
+  analysis = analyse(steps, ws, names, budget=args.steps)
 
   res.coords["optimizer"] = np.asarray(names)[res.coords["opt"]]
   flat = res.flat_metrics
@@ -202,10 +262,11 @@ def write_all(out: Path, res, args, ws: np.ndarray, elapsed: float) -> dict:
       "settings": dict(vars(args)),
   }
   write_json(out / "summary.json", summary)
+  # the report first, so that a failure while plotting cannot lose it
+  (out / "summary.md").write_text(summary_markdown(summary, args))
   import loss_scale_plots
 
   loss_scale_plots.plot_all(out, curves, steps, norms, ws, names, args)
-  (out / "summary.md").write_text(summary_markdown(summary, args))
   return summary
 
 
@@ -217,7 +278,7 @@ def summary_markdown(summary: dict, args) -> str:
       "# Loss scale: does a smaller loss weight make descent slower?",
       "",
       f"A 64-{args.hidden}-10 MLP on scikit-learn's digits, trained on `w · cross_entropy` "
-      f"for {len(ws)} values of w from {ws[0]:.0e} to {ws[-1]:g} × {len(opt)} optimizers × "
+      f"for {len(ws)} values of w from {_fmt(ws[0])} to {_fmt(ws[-1])} × {len(opt)} optimizers × "
       f"{summary['seeds']} seeds ({summary['steps']} steps, batch {args.batch_size}), "
       f"all {len(ws) * len(opt) * summary['seeds']} runs as one compiled sweep "
       f"({summary['sweep_seconds']:.0f} s). Every configuration with the same seed shares "
@@ -241,11 +302,13 @@ def summary_markdown(summary: dict, args) -> str:
     reached = e["w_reached"]
     rr = f"{len(reached)}/{len(ws)}"
     if reached:
-      rr += f" ({min(reached):.0e}…{max(reached):g})"
+      lo_w, hi_w = _fmt(min(reached)), _fmt(max(reached))
+      rr += f" ({lo_w})" if lo_w == hi_w else f" ({lo_w}…{hi_w})"
     lo, hi = e["slope_ci"]
     md.append(f"| {name} | {lr:g} | {_fmt(e['slope'], '+.2f')} [{_fmt(e['slope_min'], '+.2f')}, "
               f"{_fmt(e['slope_max'], '+.2f')}] | [{_fmt(lo, '+.2f')}, {_fmt(hi, '+.2f')}] | "
-              f"{_fmt(e['spread'], '.2f')}x over {e['spread_range']} | {inv} | {rr} | "
+              f"{_fmt(e['spread'], '.2f')}{'x' * math.isfinite(e['spread'])} over "
+              f"{e['spread_range']} | {inv} | {rr} | "
               f"{e['verdict']} |")
   md += [
       "",
@@ -256,32 +319,58 @@ def summary_markdown(summary: dict, args) -> str:
       "the smallest median step count among the w of the grid in the range shown that reach "
       "the target. 'Invariant down to w' is the smallest w from which upward every w needs "
       f"within ±{TOL:.0%} of the steps needed at w in "
-      f"{next(iter(opt.values()))['reference_range']}.",
+      f"{next(iter(opt.values()))['reference_range']}; an adaptive optimizer is "
+      "'not_invariant' when that fails already within that reference range or at the next w "
+      "below it. A w reaches the target when every seed at it does within the "
+      f"{summary['steps']} steps; with fewer than 2 such w no slope exists, and the verdict is "
+      "'too_few_reached' (1 w) or 'unreached' (none).",
       "",
-      "## What happens below the invariant range",
-      "",
-      "Adam divides by `sqrt(v) + eps`: once `w·|g|` is comparable to eps (1e-8) the update "
-      "shrinks with w, and deep in that regime Adam turns into SGD with learning rate "
-      "`lr·w/eps`. Optax's RMSProp puts eps (1e-8) inside the square root, an effective eps of "
-      "1e-4 in gradient units, so it leaves the invariant regime at a far larger w. Optax's "
-      "Adagrad starts its accumulator at 0.1 (an effective eps of about 0.3 in gradient "
-      "units), so it behaves like SGD with learning rate lr/0.3 until the squared gradients "
-      "it has accumulated exceed 0.1.",
-      "",
-      "## Coupled L2 (in the loss, SGD) vs decoupled decay (AdamW)",
-      "",
-      f"`sgd+l2` minimises `w·CE + {args.l2:g}/2·|θ|²`: relative to the data term the decay "
-      f"is {args.l2:g}/w, so it dominates as w shrinks. AdamW applies `lr·{args.adamw_decay:g}·θ` "
-      "outside the adaptive step, whatever w is. Medians over seeds at the end of training:",
-      "",
-      "| w | " + " | ".join(f"{n} final CE | {n} |θ|" for n in summary["decay"]) + " |",
-      "|---|" + "---|---|" * len(summary["decay"]),
   ]
-  for i, w in enumerate(ws):
-    cells = []
-    for d in summary["decay"].values():
-      cells += [f"{d['final_train_ce'][i]:.3f}", f"{d['final_param_norm'][i]:.2f}"]
-    md.append(f"| {w:.1e} | " + " | ".join(cells) + " |")
+  theory = []  # what the theory says for each adaptive optimizer that ran
+  if "adam" in opt or "adamw" in opt:
+    theory.append("Adam divides by `sqrt(v) + eps`: once `w·|g|` is comparable to eps (1e-8) "
+                  "the update shrinks with w, and deep in that regime Adam turns into SGD with "
+                  "learning rate `lr·w/eps`.")
+  if "rmsprop" in opt:
+    theory.append("Optax's RMSProp puts eps (1e-8) inside the square root, an effective eps of "
+                  "1e-4 in gradient units, so it leaves the invariant regime at a far larger w "
+                  "than Adam.")
+  if "adagrad" in opt:
+    theory.append("Optax's Adagrad starts its accumulator at 0.1 (an effective eps of about 0.3 "
+                  "in gradient units), so it behaves like SGD with learning rate lr/0.3 until "
+                  "the squared gradients it has accumulated exceed 0.1.")
+  if theory:
+    md += ["## What happens below the invariant range", "", " ".join(theory), ""]
+  variants = [n for n in ("sgd+l2", "adamw") if n in opt]
+  if variants:
+    md += ["## Coupled L2 (in the loss, SGD) vs decoupled decay (AdamW)", ""]
+    if "sgd+l2" in variants:
+      md.append(f"`sgd+l2` minimises `w·CE + {args.l2:g}/2·|θ|²`: relative to the data term the "
+                f"decay is {args.l2:g}/w, so it dominates as w shrinks.")
+    if "adamw" in variants:
+      md.append(f"AdamW applies `lr·{args.adamw_decay:g}·θ` outside the adaptive step, whatever "
+                "w is.")
+    if len(variants) == 1:
+      md.append(f"(`{({'sgd+l2', 'adamw'} - set(variants)).pop()}` did not run.)")
+    md.append("Medians over seeds at the end of training:")
+  elif summary["decay"]:
+    md += ["## Final loss and parameter norm", "",
+           "No decay variant ran (neither `sgd+l2` nor `adamw` is among the optimizers), so "
+           "nothing here measures weight decay. Medians over seeds at the end of training:"]
+  else:
+    md += ["## Coupled L2 vs decoupled decay", "",
+           "No decay variant ran (neither `sgd+l2` nor `adamw` is among the optimizers)."]
+  if summary["decay"]:
+    md += [
+        "",
+        "| w | " + " | ".join(f"{n} final CE | {n} |θ|" for n in summary["decay"]) + " |",
+        "|---|" + "---|---|" * len(summary["decay"]),
+    ]
+    for i, w in enumerate(ws):
+      cells = []
+      for d in summary["decay"].values():
+        cells += [f"{d['final_train_ce'][i]:.3f}", f"{d['final_param_norm'][i]:.2f}"]
+      md.append(f"| {_fmt(w)} | " + " | ".join(cells) + " |")
   md += [
       "",
       "## Files",
@@ -289,7 +378,8 @@ def summary_markdown(summary: dict, args) -> str:
       "- `results.csv`: one row per run (optimizer, w, seed, steps to target, final CE, |θ|).",
       "- `curves.csv`: training CE and |θ| at every evaluation of every run.",
       "- `summary.json`: the numbers above.",
-      "- `steps_vs_w.png`, `loss_curves.png`, `decay.png`: the plots.",
+      "- `steps_vs_w.png`, `loss_curves.png`" + (", `decay.png`" if summary["decay"] else "")
+      + ": the plots.",
       "",
       f"Reproduce: `{args.command}` (all settings are in `summary.json`).",
       "",
