@@ -73,72 +73,147 @@ def _floats(text: str) -> list[float]:
   return [float(v) for v in text.split(",") if v.strip()]
 
 
+INF = float("inf")
+# option -> (low, high, low end open, high end open): the range every value must lie in.
+# NaN lies in none; a value must stay in range as a 32-bit float, as it is traced (a β of
+# 0.99999999 would become 1).
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "ratios": (1.0, INF, False, True),
+    "focal_gammas": (0.0, INF, False, True),
+    "softmax_focal_gammas": (0.0, INF, False, True),
+    "cb_betas": (0.0, 1.0, False, True),
+    "ldam_margins": (0.0, INF, False, True),
+    "la_taus": (-INF, INF, True, True),
+    "ghm_momenta": (0.0, 1.0, False, True),
+    "lr": (0.0, INF, True, True),
+    "focal_alpha": (0.0, 1.0, False, False),
+    "ldam_scale": (0.0, INF, True, True),
+    "drw_start": (0.0, 1.0, False, False),
+    "drw_beta": (0.0, 1.0, False, True),
+}
+# integer option -> its smallest value (the largest, where there is one, is checked apart)
+MINIMUM = {"seeds": 2, "steps": 1, "eval_every": 1, "batch_size": 1, "hidden": 1,
+           "data_seed": 0, "ghm_bins": 1, "chunk_size": 1}
+
+
+def interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
+  """``[lo, hi)`` and the like, for error messages and help."""
+  return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def out_of_range(values: list[float], lo: float, hi: float, lo_open: bool,
+                 hi_open: bool) -> list[float]:
+  """The values (or their 32-bit casts) outside the interval; NaN always is."""
+  def inside(v: float) -> bool:
+    return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
+  with np.errstate(over="ignore"):
+    return [v for v in values if not (inside(v) and inside(float(np.float32(v))))]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
       formatter_class=_report.HelpFormatter,
   )
+  r = lambda name: "finite" if RANGES[name][:2] == (-INF, INF) else f"in {interval(*RANGES[name])}"
   p.add_argument("--out", default=None,
                  help="output directory (default: runs/imbalance/<UTC time>)")
-  p.add_argument("--ratios", default="10,100", help="comma-separated imbalance ratios ρ")
+  p.add_argument("--ratios", default="10,100",
+                 help=f"comma-separated imbalance ratios ρ, each {r('ratios')}")
   p.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset of losses")
-  p.add_argument("--seeds", type=int, default=5, help="seeds per configuration")
-  p.add_argument("--steps", type=int, default=1000, help="optimizer steps per run")
+  p.add_argument("--seeds", type=int, default=5,
+                 help="seeds per configuration (at least 2: a verdict needs a paired interval)")
+  p.add_argument("--steps", type=int, default=1000,
+                 help="optimizer steps per run (a positive multiple of --eval-every)")
   p.add_argument("--eval-every", type=int, default=50, help="steps between evaluations")
   p.add_argument("--batch-size", type=int, default=64, help="minibatch size")
-  p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (every loss)")
+  p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (every loss), > 0")
   p.add_argument("--hidden", type=int, default=64, help="width of the two hidden layers")
-  p.add_argument("--data-seed", type=int, default=0, help="seed of the long-tailed selection")
+  p.add_argument("--data-seed", type=int, default=0,
+                 help="seed of the long-tailed selection (>= 0)")
   p.add_argument("--test-per-class", type=int, default=50,
-                 help="balanced held-out examples per class (validation + test)")
+                 help="balanced held-out examples per class (validation + test), at most 173: "
+                 "digits' smallest class has 174 images, and the rest of each class trains")
   p.add_argument("--val-per-class", type=int, default=20,
-                 help="of those, validation examples per class (to pick hyperparameters)")
+                 help="of those, validation examples per class (to pick hyperparameters); "
+                 "at least 1 and fewer than --test-per-class")
   p.add_argument("--head-tail-k", type=int, default=3,
-                 help="head / tail = the k most / least frequent training classes")
+                 help=f"head / tail = the k most / least frequent training classes, "
+                 f"1 <= k <= {NUM_CLASSES // 2}")
   for name, (axis, opt, default) in LOSSES.items():
     if opt is not None:
       p.add_argument(f"--{opt.replace('_', '-')}", default=default,
-                     help=f"comma-separated {axis} values of {name}")
+                     help=f"comma-separated {axis} values of {name}, each {r(opt)}")
   p.add_argument("--focal-alpha", type=float, default=0.25,
-                 help="α of the sigmoid focal loss (weight of the positive class)")
-  p.add_argument("--ldam-scale", type=float, default=30.0, help="LDAM's scale s of cosine logits")
+                 help="α of the sigmoid focal loss (weight of the positive class), "
+                 f"{r('focal_alpha')}")
+  p.add_argument("--ldam-scale", type=float, default=30.0,
+                 help="LDAM's scale s of cosine logits, > 0")
   p.add_argument("--drw-start", type=float, default=0.8,
-                 help="fraction of training after which LDAM's DRW turns class weights on")
-  p.add_argument("--drw-beta", type=float, default=0.9999, help="β of DRW's class-balanced weights")
+                 help="fraction of training after which LDAM's DRW turns class weights on, "
+                 f"{r('drw_start')}")
+  p.add_argument("--drw-beta", type=float, default=0.9999,
+                 help=f"β of DRW's class-balanced weights, {r('drw_beta')}")
   p.add_argument("--ghm-bins", type=int, default=30, help="GHM-C's number of bins")
   p.add_argument("--chunk-size", type=int, default=None,
                  help="configurations per compiled chunk; every loss's sweep reuses one "
                  "program of this size (default: number of ratios × seeds)")
   p.add_argument("--quick", action="store_true",
-                 help="tiny run for tests: 2 seeds, 100 steps, 2 values per hyperparameter")
+                 help="tiny run for tests: 2 seeds, 100 steps, evaluations every 50, the "
+                 "2nd and 3rd default value of each hyperparameter; options given explicitly "
+                 "are kept")
   args = p.parse_args(argv)
   args.command = " ".join(["python experiments/imbalance.py",
                            *(sys.argv[1:] if argv is None else argv)])
-  if args.quick:
-    args.seeds, args.steps, args.eval_every = 2, 100, 50
-    for _, opt, _ in LOSSES.values():
-      if opt is not None:
-        setattr(args, opt, ",".join(getattr(args, opt).split(",")[1:3]))
-  args.ratios = _floats(args.ratios)
-  args.losses = [n.strip() for n in args.losses.split(",") if n.strip()]
-  unknown = [n for n in args.losses if n not in LOSSES]
-  if unknown or "ce" not in args.losses:
-    p.error(f"--losses: expected a subset of {list(LOSSES)} that includes ce; got {args.losses}")
-  if not args.ratios or min(args.ratios) < 1:
-    p.error(f"--ratios: expected values >= 1; got {args.ratios}")
+  quick_grids = {opt: ",".join(default.split(",")[1:3])
+                 for _, opt, default in LOSSES.values() if opt is not None}
+  _report.apply_quick(p, args, argv, seeds=2, steps=100, eval_every=50, **quick_grids)
+  for name, low in MINIMUM.items():
+    value = getattr(args, name)
+    if value is not None and value < low:
+      why = " (a verdict needs a paired interval)" if name == "seeds" else ""
+      p.error(f"--{name.replace('_', '-')} must be at least {low}{why}; got {value}")
   if args.steps % args.eval_every:
-    p.error(f"--steps ({args.steps}) must be a multiple of --eval-every ({args.eval_every})")
+    p.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
+            f"({args.eval_every})")
   if not 0 < args.val_per_class < args.test_per_class:
     p.error(f"need 0 < --val-per-class < --test-per-class; got {args.val_per_class}, "
             f"{args.test_per_class}")
-  args.hparams = {}
-  for name in args.losses:
-    axis, opt, _ = LOSSES[name]
-    if opt is not None:
-      vals = _floats(getattr(args, opt))
-      if not vals:
-        p.error(f"--{opt.replace('_', '-')}: needs at least one value")
-      args.hparams[name] = vals
+  if not 1 <= args.head_tail_k <= NUM_CLASSES // 2:
+    p.error(f"--head-tail-k must be in [1, {NUM_CLASSES // 2}] (the head and the tail may not "
+            f"overlap); got {args.head_tail_k}")
+  try:
+    long_tailed_split(imbalance_ratio=1.0, test_per_class=args.test_per_class,
+                      seed=args.data_seed)
+  except ValueError as e:
+    p.error(f"--test-per-class: {e}")
+  args.losses = [n.strip() for n in args.losses.split(",") if n.strip()]
+  unknown = [n for n in args.losses if n not in LOSSES]
+  if unknown or "ce" not in args.losses or len(set(args.losses)) < len(args.losses):
+    p.error(f"--losses: expected a subset of {list(LOSSES)} that includes ce, each loss once; "
+            f"got {args.losses}")
+  lists = {}
+  for name in RANGES:
+    flag = f"--{name.replace('_', '-')}"
+    value = getattr(args, name)
+    if isinstance(value, str):
+      try:
+        value = lists[name] = _floats(value)
+      except ValueError:
+        p.error(f"{flag}: expected comma-separated numbers; got {value!r}")
+      if not value:
+        p.error(f"{flag}: needs at least one value")
+      labels = {f"{v:g}" for v in value}  # the report's labels (and 32-bit values) differ
+      with np.errstate(over="ignore"):
+        if len(labels) < len(value) or len(set(np.float32(value))) < len(value):
+          p.error(f"{flag}: expected distinct values; got {value}")
+    bad = out_of_range(value if isinstance(value, list) else [value], *RANGES[name])
+    if bad:
+      what = f"{flag}: each value" if isinstance(getattr(args, name), str) else flag
+      p.error(f"{what} must be {r(name)}; got {bad[0]!r}")
+  args.ratios = lists["ratios"]
+  args.hparams = {n: lists[LOSSES[n][1]] for n in args.losses if LOSSES[n][1]}
   return args
 
 
@@ -368,8 +443,18 @@ def own_axes(name: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-  args = parse_args(argv)
+  args = parse_args(argv)  # every check, before a run directory exists
+  fresh = args.out is None or not Path(args.out).exists()
   out = new_run_dir("imbalance", args.out)
+  try:
+    return _run(args, out)
+  except BaseException:  # an interrupted run leaves no empty directory behind
+    if fresh and not any(out.iterdir()):
+      out.rmdir()
+    raise
+
+
+def _run(args: argparse.Namespace, out: Path) -> dict:
   n_cfg = sum((len(args.hparams.get(n, [0])) * (2 if n == "ldam" else 1)) for n in args.losses)
   print(f"imbalance: {len(args.ratios)} ratios x {n_cfg} loss settings x {args.seeds} seeds of "
         f"{args.steps} steps; one sweep per loss, one compiled program ...", flush=True)

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 COLORS = {
     "ce": "black", "focal": "tab:blue", "softmax_focal": "tab:cyan", "cb": "tab:green",
@@ -31,7 +33,8 @@ def plot_hparams(path: Path, arrays: dict) -> None:
   ratios = list(arrays)
   names = [n for n in next(iter(arrays.values())) if n != "ce"]
   cols = max(1, len(names))
-  fig, axes = plt.subplots(len(ratios), cols, figsize=(2.9 * cols, 2.9 * len(ratios)),
+  # at least 8 inches wide: the title and the legend below the panels fit one or two losses
+  fig, axes = plt.subplots(len(ratios), cols, figsize=(max(2.9 * cols, 8.0), 2.9 * len(ratios)),
                            squeeze=False, sharey="row", layout="constrained")
   for r, ratio in enumerate(ratios):
     ce = 100 * arrays[ratio]["ce"]["balanced_accuracy"][0]
@@ -60,11 +63,30 @@ def plot_hparams(path: Path, arrays: dict) -> None:
       ax.grid(True, alpha=0.3)
       if j == 0:
         ax.set_ylabel("test balanced accuracy (%)")
-      if r == 0 and (j == 0 or name == "ldam"):
-        ax.legend(fontsize=7, loc="lower left")
+  # One legend below the panels, outside every axes, so it never covers a point.
+  handles, labels = legend_entries(names)
+  fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), max(2, cols)),
+             fontsize=8, frameon=False)
   fig.suptitle("Test balanced accuracy vs hyperparameter (mean ± std over seeds; grey: CE)")
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def legend_entries(names: list[str]) -> tuple[list[Any], list[str]]:
+  """Legend handles and labels of :func:`plot_hparams` for the losses ``names``."""
+  band = (Patch(color="0.8", lw=0), Line2D([], [], color="k", lw=1, ls="--"))
+  handles, labels = [band], ["CE (mean ± std)"]
+  other = [n for n in names if n != "ldam"]
+  if other:
+    handles.append(Line2D([], [], color="0.35", marker="o", ms=4, ls="-"))
+    labels.append("loss (mean ± std; colour per loss)")
+  if "ldam" in names:
+    handles += [Line2D([], [], color=COLORS["ldam"], marker="o", ms=4, ls="-"),
+                Line2D([], [], color=COLORS["ldam"], marker="s", ms=4, ls=":")]
+    labels += ["ldam, no DRW", "ldam +DRW"]
+  handles.append(Line2D([], [], color="gold", mec="k", marker="*", ms=12, ls="none"))
+  labels.append("picked on validation")
+  return handles, labels
 
 
 def plot_head_tail(path: Path, arrays: dict) -> None:

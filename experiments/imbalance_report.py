@@ -21,9 +21,15 @@ TITLES = {
 
 
 def head_tail_classes(counts: np.ndarray, k: int) -> tuple[list[int], list[int]]:
-  """The ``k`` most and ``k`` least frequent classes (ties broken by class index)."""
+  """The ``k`` most and ``k`` least frequent classes (ties broken by class index).
+
+  ``0 <= k <= C``; the two overlap when ``k > C // 2`` (the study allows ``1 <= k <= C // 2``).
+  """
   order = np.argsort(-np.asarray(counts), kind="stable")
-  return sorted(order[:k].tolist()), sorted(order[-k:].tolist())
+  if not 0 <= k <= len(order):
+    raise ValueError(f"k must be in [0, {len(order)}]; got {k}")
+  # order[-k:] would be every class at k = 0
+  return sorted(order[:k].tolist()), sorted(order[len(order) - k:].tolist())
 
 
 def recall_summary(recall: np.ndarray, head: list[int], tail: list[int]) -> dict[str, np.ndarray]:

@@ -66,48 +66,92 @@ SETTINGS = ("long_tailed", "noisy")
 FLAG = {"long_tailed": "tail-half classes (5-9)", "noisy": "corrupted labels"}
 
 
+INF = float("inf")
+# option -> (low, high, low end open, high end open); NaN lies in none.
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "lr": (0.0, INF, True, True),
+    "momentum": (0.0, 1.0, False, True),
+    "weight_decay": (0.0, INF, False, True),
+    "ratio": (1.0, INF, False, True),
+    "noise": (0.0, 1.0, False, True),
+}
+# integer option -> its smallest value
+MINIMUM = {"seeds": 2, "steps": 1, "eval_every": 1, "batch_size": 1, "val_batch_size": 1,
+           "hidden": 1, "data_seed": 0}
+
+
+def interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
+  """``[lo, hi)`` and the like, for error messages and help."""
+  return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=_report.HelpFormatter)
+  r = lambda name: interval(*RANGES[name])
   p.add_argument("--out", default=None,
                  help="output directory (default: runs/meta_weighting/<UTC time>)")
   p.add_argument("--methods", default=",".join(METHODS),
                  help="comma-separated subset of methods (must include ce)")
-  p.add_argument("--seeds", type=int, default=5, help="seeds per method and setting")
-  p.add_argument("--steps", type=int, default=1000, help="SGD steps per run")
+  p.add_argument("--seeds", type=int, default=5,
+                 help="seeds per method and setting (at least 2: a paired interval needs two)")
+  p.add_argument("--steps", type=int, default=1000,
+                 help="SGD steps per run (a positive multiple of --eval-every)")
   p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
   p.add_argument("--batch-size", type=int, default=64, help="training minibatch size")
   p.add_argument("--val-batch-size", type=int, default=64,
                  help="clean validation batch per step of the meta methods")
-  p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (also MW-Net's η)")
-  p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-  p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (L2)")
+  p.add_argument("--lr", type=float, default=0.02,
+                 help="SGD learning rate (also MW-Net's η), > 0")
+  p.add_argument("--momentum", type=float, default=0.9, help=f"SGD momentum, in {r('momentum')}")
+  p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (L2), >= 0")
   p.add_argument("--hidden", type=int, default=64, help="width of the two hidden layers")
-  p.add_argument("--ratio", type=float, default=100.0, help="imbalance ratio ρ of long_tailed")
-  p.add_argument("--noise", type=float, default=0.4, help="symmetric label-noise rate of noisy")
+  p.add_argument("--ratio", type=float, default=100.0,
+                 help=f"imbalance ratio ρ of long_tailed, in {r('ratio')}")
+  p.add_argument("--noise", type=float, default=0.4,
+                 help=f"symmetric label-noise rate of noisy, in {r('noise')}")
   p.add_argument("--test-per-class", type=int, default=50,
-                 help="held-out examples per class (validation + test)")
+                 help="held-out examples per class (validation + test), at most 173: digits' "
+                 "smallest class has 174 images, and the rest of each class trains")
   p.add_argument("--val-per-class", type=int, default=10,
-                 help="of those, clean validation examples per class")
-  p.add_argument("--data-seed", type=int, default=0, help="seed of the subsets and the noise")
+                 help="of those, clean validation examples per class; at least 1 and fewer "
+                 "than --test-per-class")
+  p.add_argument("--data-seed", type=int, default=0,
+                 help="seed of the subsets and the noise (>= 0)")
   p.add_argument("--quick", action="store_true",
-                 help="tiny run for tests: 2 seeds, 60 steps, evaluations every 30")
+                 help="tiny run for tests: 2 seeds, 60 steps, evaluations every 30; options "
+                 "given explicitly are kept")
   args = p.parse_args(argv)
   args.command = " ".join(["python experiments/meta_weighting.py",
                            *(sys.argv[1:] if argv is None else argv)])
-  if args.quick:
-    args.seeds, args.steps, args.eval_every = 2, 60, 30
+  _report.apply_quick(p, args, argv, seeds=2, steps=60, eval_every=30)
   args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-  if any(m not in METHODS for m in args.methods) or "ce" not in args.methods:
-    p.error(f"--methods: expected a subset of {list(METHODS)} including ce; got {args.methods}")
+  if (any(m not in METHODS for m in args.methods) or "ce" not in args.methods
+      or len(set(args.methods)) < len(args.methods)):
+    p.error(f"--methods: expected a subset of {list(METHODS)} including ce, each method once; "
+            f"got {args.methods}")
+  for name, low in MINIMUM.items():
+    if getattr(args, name) < low:
+      why = " (a paired interval needs two seeds)" if name == "seeds" else ""
+      p.error(f"--{name.replace('_', '-')} must be at least {low}{why}; got {getattr(args, name)}")
   if args.steps % args.eval_every:
-    p.error(f"--steps ({args.steps}) must be a multiple of --eval-every ({args.eval_every})")
+    p.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
+            f"({args.eval_every})")
   if not 0 < args.val_per_class < args.test_per_class:
-    p.error("need 0 < --val-per-class < --test-per-class")
-  if not 0 <= args.noise < 1:
-    p.error(f"--noise must be in [0, 1); got {args.noise}")
-  if args.seeds < 2:
-    p.error("--seeds must be at least 2 (a paired interval needs two seeds)")
+    p.error(f"need 0 < --val-per-class < --test-per-class; got {args.val_per_class}, "
+            f"{args.test_per_class}")
+  try:
+    long_tailed_split(imbalance_ratio=1.0, test_per_class=args.test_per_class,
+                      seed=args.data_seed)
+  except ValueError as e:
+    p.error(f"--test-per-class: {e}")
+  for name, (lo, hi, lo_open, hi_open) in RANGES.items():
+    v = getattr(args, name)
+    with np.errstate(over="ignore"):
+      v32 = float(np.float32(v))  # traced as a 32-bit float: 1e-50 would become 0
+    if not all((x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
+               for x in (v, v32)):
+      p.error(f"--{name.replace('_', '-')} must be in {r(name)}; got {v!r}")
   return args
 
 
@@ -332,8 +376,10 @@ def summary_markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
          "mean weight on the others over the second half of training (below 1: flagged "
          "examples are down-weighted).", "",
          "Files: `results.csv` (one row per setting, method and seed), `summary.json`, "
-         "`accuracy.png` (mean and 95% CI per method), `weights.png` (the meta methods' "
-         "weight ratio during training)."]
+         "`accuracy.png` (top: balanced test accuracy per method and seed; bottom: each "
+         "method minus CE per seed with the 95% t-interval of that paired difference, the "
+         "interval the verdicts use), `weights.png` (the meta methods' weight ratio during "
+         "training)."]
   return "\n".join(md) + "\n"
 
 
@@ -350,6 +396,70 @@ def write_csv(path: Path, results: dict[str, wx.SweepResult]) -> None:
                        repr(float(val[si, j, -1])), repr(float(loss[si, j, -1]))])
 
 
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "tie": "0.6"}
+
+
+def _limits(values: list[float], pad: float = 0.08) -> tuple[float, float]:
+  """``(low, high)`` around the finite values, with a margin of ``pad`` of their span."""
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  lo, hi = (float(v.min()), float(v.max())) if v.size else (-1.0, 1.0)
+  margin = pad * (hi - lo) or 1.0
+  return lo - margin, hi + margin
+
+
+def plot_accuracy(path: Path, summary: dict[str, Any]) -> None:
+  """``accuracy.png``: per setting, what every method reached, and what the verdicts use.
+
+  Top: balanced test accuracy per method (bar: mean over seeds, dots: the seeds). Bottom:
+  each method minus CE on the same seed (bar: mean, dots: the seeds) with the 95% t-interval
+  of these paired differences, the interval that decides the verdict (named under each
+  bar); the axis always holds the whole interval.
+  """
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(2, len(SETTINGS), figsize=(5.2 * len(SETTINGS), 7.4), squeeze=False,
+                           layout="constrained")
+  for col, (setting, rows) in enumerate(summary["settings"].items()):
+    names = list(rows)
+    ax = axes[0, col]
+    x = np.arange(len(names))
+    colours = ["tab:gray" if n == "ce" else "tab:orange" if n in META else "tab:blue"
+               for n in names]
+    ax.bar(x, [100 * rows[n]["test_bal_acc"]["mean"] for n in names], color=colours, alpha=0.7)
+    for i, n in enumerate(names):
+      v = 100 * np.asarray(rows[n]["test_bal_acc"]["per_seed"], np.float64)
+      ax.plot(np.full(v.size, i), v, ".", color="k", ms=5)
+    ax.set_xticks(x, names, rotation=30)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("balanced test accuracy (%)")
+    ax.set_title(f"{setting}: accuracy (bar: mean, dots: seeds)", fontsize=10)
+
+    ax = axes[1, col]
+    others = [n for n in names if n != "ce"]
+    c = [rows[n]["vs_ce"] for n in others]
+    mean = np.array([100 * d["mean"] for d in c])
+    lo, hi = (np.array([100 * d[k] for d in c]) for k in ("ci_low", "ci_high"))
+    xo = np.arange(len(others))
+    ax.bar(xo, mean, color=[VERDICT_COLOURS[d["verdict"]] for d in c], alpha=0.7)
+    ax.errorbar(xo, mean, yerr=np.stack([mean - lo, hi - mean]), fmt="none", ecolor="k",
+                capsize=4, lw=1.2)
+    dots = []
+    for i, d in enumerate(c):
+      v = 100 * np.asarray(d["per_seed"], np.float64)
+      dots += v.tolist()
+      ax.plot(np.full(v.size, i), v, ".", color="k", ms=5)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_ylim(*_limits([0.0, *lo, *hi, *mean, *dots]))
+    ax.set_xticks(xo, [f"{n}\n{d['verdict']}" for n, d in zip(others, c, strict=True)],
+                  fontsize=9)
+    ax.set_ylabel("method − CE, same seed (pp)")
+    ax.set_title(f"{setting}: paired difference to CE, 95% t-interval\n(the verdict: better / "
+                 "worse when it excludes 0)", fontsize=10)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot(out: Path, summary: dict[str, Any], results: dict[str, wx.SweepResult],
          args: argparse.Namespace) -> None:
   import matplotlib
@@ -357,21 +467,7 @@ def plot(out: Path, summary: dict[str, Any], results: dict[str, wx.SweepResult],
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 3.8), sharey=False)
-  for ax, (setting, rows) in zip(axes, summary["settings"].items(), strict=True):
-    names = list(rows)
-    mean = [rows[n]["test_bal_acc"]["mean"] * 100 for n in names]
-    lo = [m - rows[n]["ci"][0] * 100 for m, n in zip(mean, names, strict=True)]
-    colours = ["tab:gray" if n == "ce" else "tab:orange" if n in META else "tab:blue"
-               for n in names]
-    ax.bar(range(len(names)), mean, yerr=lo, color=colours, capsize=3)
-    ax.set_xticks(range(len(names)), names, rotation=30)
-    ax.set_ylim(max(0.0, min(mean) - 15), min(100.0, max(mean) + 8))
-    ax.set_title(f"{setting}: balanced test accuracy (95% CI)")
-    ax.set_ylabel("%")
-  fig.tight_layout()
-  fig.savefig(out / "accuracy.png", dpi=120)
-  plt.close(fig)
+  plot_accuracy(out / "accuracy.png", summary)
 
   meta_names = [n for n in args.methods if n in META]
   fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 3.5))
@@ -392,8 +488,18 @@ def plot(out: Path, summary: dict[str, Any], results: dict[str, wx.SweepResult],
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  args = parse_args(argv)
+  args = parse_args(argv)  # every check, before a run directory exists
+  fresh = args.out is None or not Path(args.out).exists()
   out = new_run_dir("meta_weighting", args.out)
+  try:
+    return _run(args, out)
+  except BaseException:  # an interrupted run leaves no empty directory behind
+    if fresh and not any(out.iterdir()):
+      out.rmdir()
+    raise
+
+
+def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
   print(f"meta_weighting: {len(args.methods)} methods x {len(SETTINGS)} settings x "
         f"{args.seeds} seeds of {args.steps} steps; one compiled sweep per method ...", flush=True)
   t0 = time.perf_counter()

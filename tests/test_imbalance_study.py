@@ -168,3 +168,168 @@ def test_default_run_tail_recall_claims(tmp_path):
   for name in ("focal", "ghm"):
     assert r[name]["best"]["tail_verdict"] != "better", name
   assert r["la"]["best"]["verdict"] == "better"  # also on balanced accuracy
+
+
+# ------------------------------------------------------------------ options and run directories
+
+BAD_OPTIONS = [  # (argv, the option the error must name)
+    (["--eval-every", "0"], "--eval-every"),
+    (["--steps", "-50"], "--steps"),
+    (["--steps", "0"], "--steps"),
+    (["--steps", "120"], "--steps"),  # not a multiple of --eval-every 50
+    (["--seeds", "0"], "--seeds"),
+    (["--seeds", "1"], "--seeds"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--hidden", "0"], "--hidden"),
+    (["--data-seed", "-1"], "--data-seed"),
+    (["--chunk-size", "0"], "--chunk-size"),
+    (["--ghm-bins", "0"], "--ghm-bins"),
+    (["--head-tail-k", "0"], "--head-tail-k"),
+    (["--head-tail-k", "6"], "--head-tail-k"),  # head and tail would overlap
+    (["--test-per-class", "174"], "--test-per-class"),  # digits' smallest class has 174
+    (["--val-per-class", "0"], "--val-per-class"),
+    (["--val-per-class", "50"], "--val-per-class"),
+    (["--ratios", "0.5"], "--ratios"),
+    (["--ratios", "nan"], "--ratios"),
+    (["--ratios", "10,10"], "--ratios"),
+    (["--losses", "ce,ce"], "--losses"),
+    (["--focal-gammas", "abc"], "--focal-gammas"),
+    (["--focal-gammas", "-1"], "--focal-gammas"),
+    (["--focal-gammas", "1,1"], "--focal-gammas"),
+    (["--softmax-focal-gammas", "inf"], "--softmax-focal-gammas"),
+    (["--cb-betas", "1.5"], "--cb-betas"),
+    (["--cb-betas", "0.99999999"], "--cb-betas"),  # 1.0 as the 32-bit float it is traced as
+    (["--ldam-margins", "-0.5"], "--ldam-margins"),
+    (["--la-taus", "nan"], "--la-taus"),
+    (["--ghm-momenta", "1"], "--ghm-momenta"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "1e-50"], "--lr"),  # 0 as a 32-bit float
+    (["--focal-alpha", "1.5"], "--focal-alpha"),
+    (["--ldam-scale", "0"], "--ldam-scale"),
+    (["--drw-start", "1.5"], "--drw-start"),
+    (["--drw-beta", "1"], "--drw-beta"),
+]
+
+
+@pytest.mark.parametrize("argv,option", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_options_are_argparse_errors(argv, option, capsys):
+  with pytest.raises(SystemExit) as e:
+    study.parse_args(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "error:" in err and option in err, err
+
+
+def test_the_ends_of_every_range_are_accepted():
+  args = study.parse_args(["--seeds", "2", "--steps", "1", "--eval-every", "1", "--head-tail-k",
+                           "5", "--test-per-class", "173", "--val-per-class", "172",
+                           "--ratios", "1", "--cb-betas", "0", "--ghm-momenta", "0",
+                           "--focal-gammas", "0", "--la-taus", "-1", "--drw-start", "1",
+                           "--focal-alpha", "0", "--chunk-size", "1", "--data-seed", "0"])
+  assert args.ratios == [1.0] and args.hparams["cb"] == [0.0] and args.head_tail_k == 5
+
+
+@pytest.mark.parametrize("argv", [
+    ["--losses", "ce", "--ratios", "10", "--steps", "50", "--seeds", "0"],
+    ["--losses", "ce", "--ratios", "10", "--steps", "-50"],
+    ["--losses", "ce", "--ratios", "10", "--steps", "50", "--cb-betas", "1.5"],
+])
+def test_a_refused_run_creates_no_run_directory(argv, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the default output is runs/imbalance/<time> under the cwd
+  with pytest.raises(SystemExit):
+    study.main(argv)
+  assert not (tmp_path / "runs").exists()
+  with pytest.raises(SystemExit):
+    study.main([*argv, "--out", str(tmp_path / "out")])
+  assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_run_leaves_no_empty_directory(tmp_path, monkeypatch):
+  def interrupted(*_):
+    raise KeyboardInterrupt
+
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(study, "run_all", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    study.main(["--quick", "--losses", "ce"])
+  assert list((tmp_path / "runs" / "imbalance").iterdir()) == []
+  kept = tmp_path / "mine"
+  kept.mkdir()  # an empty --out the user made stays
+  with pytest.raises(KeyboardInterrupt):
+    study.main(["--quick", "--losses", "ce", "--out", str(kept)])
+  assert kept.is_dir()
+
+
+def test_quick_keeps_the_options_given_explicitly():
+  # --quick: 2 seeds, 100 steps, evaluations every 50, the 2nd and 3rd default value of
+  # each hyperparameter (focal γ 0.5,1,2,5 -> 1,2; cb β 0.9,0.99,0.999,0.9999 -> 0.99,0.999)
+  a = study.parse_args(["--quick"])
+  assert (a.seeds, a.steps, a.eval_every) == (2, 100, 50)
+  assert a.hparams["focal"] == [1.0, 2.0] and a.hparams["cb"] == [0.99, 0.999]
+  a = study.parse_args(["--quick", "--seeds", "4", "--steps", "200", "--focal-gammas", "3"])
+  assert (a.seeds, a.steps, a.eval_every) == (4, 200, 50)
+  assert a.hparams["focal"] == [3.0] and a.hparams["cb"] == [0.99, 0.999]
+  a = study.parse_args(["--quick", "--eval-every", "25", "--ratios", "5"])
+  assert (a.steps, a.eval_every, a.ratios) == (100, 25, [5.0])
+  # without --quick, nothing changes
+  a = study.parse_args(["--focal-gammas", "3"])
+  assert (a.seeds, a.steps, a.eval_every, a.hparams["focal"]) == (5, 1000, 50, [3.0])
+  assert a.hparams["cb"] == [0.9, 0.99, 0.999, 0.9999]
+
+
+def test_head_and_tail_classes_for_every_k():
+  rng = np.random.default_rng(1)
+  counts = rng.integers(1, 6, 10)  # many ties
+  # independently: classes by decreasing count, ties by increasing index
+  ranked = sorted(range(10), key=lambda c: (-counts[c], c))
+  for k in range(11):
+    head, tail = report.head_tail_classes(counts, k)
+    assert head == sorted(ranked[:k]) and tail == sorted(ranked[10 - k:]), k
+    assert len(head) == len(tail) == k
+    if k <= 5:
+      assert not set(head) & set(tail)
+  assert report.head_tail_classes(counts, 0) == ([], [])  # not every class as the tail
+  for k in (-1, 11):
+    with pytest.raises(ValueError):
+      report.head_tail_classes(counts, k)
+
+
+def _fake_arrays():
+  """What ``plot_hparams`` reads, for two ratios: CE, focal (one low point) and LDAM ± DRW."""
+  rng = np.random.default_rng(0)
+
+  def loss(hp, means, best):
+    acc = np.array(means)[:, None] + 0.01 * rng.standard_normal((len(means), 3))
+    return {"hparams": hp, "balanced_accuracy": acc, "best": best}
+
+  one = lambda: {
+      "ce": loss([{}], [0.89], 0),
+      "focal": loss([{"gamma": 1.0}, {"gamma": 2.0}], [0.70, 0.79], 1),
+      "ldam": loss([{"max_margin": m, "drw": d} for m in (0.25, 0.5) for d in (0.0, 1.0)],
+                   [0.90, 0.92, 0.89, 0.92], 1),
+  }
+  return {"10": one(), "100": one()}
+
+
+def test_the_hparam_legend_covers_no_data(tmp_path, monkeypatch):
+  import matplotlib.figure
+
+  plots = importlib.import_module("imbalance_plots")
+  saved = []
+  real = matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                      lambda fig, path, **kw: (saved.append(fig), real(fig, path, **kw)))
+  plots.plot_hparams(tmp_path / "h.png", _fake_arrays())
+  fig = saved[0]
+  fig.canvas.draw()
+  legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+  assert legends
+  boxes = [leg.get_window_extent() for leg in legends]
+  for ax in fig.axes:
+    if not ax.has_data():
+      continue
+    for box in boxes:  # outside every panel, so it can cover no point nor whisker
+      assert not box.overlaps(ax.get_window_extent()), ax.get_title()
+    for line in ax.lines:
+      for x, y in ax.transData.transform(line.get_xydata()):
+        assert not any(box.contains(x, y) for box in boxes), (ax.get_title(), x, y)

@@ -168,3 +168,116 @@ def test_default_run_conclusions(tmp_path):
   # On noisy labels L2RW's weight on corrupted examples is below that on clean ones.
   assert saved["settings"]["noisy"]["l2rw"]["weight_ratio"]["mean"] < 0.75
   assert summary["answer"] in md
+
+
+# ------------------------------------------------------------------ options and run directories
+
+BAD_OPTIONS = [  # (argv, the option the error must name)
+    (["--eval-every", "0"], "--eval-every"),
+    (["--steps", "-100"], "--steps"),
+    (["--steps", "0"], "--steps"),
+    (["--steps", "150"], "--steps"),  # not a multiple of --eval-every 100
+    (["--seeds", "0"], "--seeds"),
+    (["--seeds", "1"], "--seeds"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--val-batch-size", "0"], "--val-batch-size"),
+    (["--hidden", "0"], "--hidden"),
+    (["--data-seed", "-1"], "--data-seed"),
+    (["--test-per-class", "174"], "--test-per-class"),  # digits' smallest class has 174
+    (["--val-per-class", "0"], "--val-per-class"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--momentum", "1"], "--momentum"),
+    (["--momentum", "-0.1"], "--momentum"),
+    (["--weight-decay=-1e-4"], "--weight-decay"),
+    (["--ratio", "0.5"], "--ratio"),
+    (["--ratio", "inf"], "--ratio"),
+    (["--noise", "1"], "--noise"),
+    (["--noise", "nan"], "--noise"),
+    (["--methods", "ce,la,la"], "--methods"),
+]
+
+
+@pytest.mark.parametrize("argv,option", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_options_are_argparse_errors(argv, option, capsys):
+  with pytest.raises(SystemExit) as e:
+    study.parse_args(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "error:" in err and option in err, err
+
+
+def test_the_ends_of_every_range_are_accepted():
+  args = study.parse_args(["--seeds", "2", "--steps", "1", "--eval-every", "1", "--ratio", "1",
+                           "--noise", "0", "--momentum", "0", "--weight-decay", "0",
+                           "--test-per-class", "173", "--val-per-class", "172",
+                           "--data-seed", "0"])
+  assert (args.seeds, args.steps, args.ratio, args.test_per_class) == (2, 1, 1.0, 173)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--methods", "ce", "--steps", "-100"],
+    ["--methods", "ce", "--test-per-class", "200"],
+])
+def test_a_refused_run_creates_no_run_directory(argv, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the default output is runs/meta_weighting/<time> under the cwd
+  with pytest.raises(SystemExit):
+    study.main(argv)
+  assert not (tmp_path / "runs").exists()
+
+
+def test_an_interrupted_run_leaves_no_empty_directory(tmp_path, monkeypatch):
+  def interrupted(*_):
+    raise KeyboardInterrupt
+
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(study, "run_all", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    study.main(["--quick", "--methods", "ce"])
+  assert list((tmp_path / "runs" / "meta_weighting").iterdir()) == []
+
+
+def test_quick_keeps_the_options_given_explicitly():
+  # --quick: 2 seeds, 60 steps, evaluations every 30
+  a = study.parse_args(["--quick"])
+  assert (a.seeds, a.steps, a.eval_every) == (2, 60, 30)
+  a = study.parse_args(["--quick", "--seeds", "4", "--steps", "90"])
+  assert (a.seeds, a.steps, a.eval_every) == (4, 90, 30)
+  a = study.parse_args(["--quick", "--eval-every", "20"])
+  assert (a.seeds, a.steps, a.eval_every) == (2, 60, 20)
+  a = study.parse_args(["--seeds", "3"])
+  assert (a.seeds, a.steps, a.eval_every) == (3, 1000, 100)
+
+
+def test_accuracy_plot_shows_the_paired_intervals_of_the_verdicts(tmp_path, monkeypatch):
+  import matplotlib.figure
+  from matplotlib.container import ErrorbarContainer
+
+  args = study.parse_args(["--methods", "ce,la,l2rw", "--steps", "200", "--eval-every", "100",
+                           "--seeds", "4"])
+  base = np.array([[0.70, 0.72, 0.69, 0.71], [0.80, 0.78, 0.81, 0.79]])[:, :, None]
+  shift = {"la": np.array([[0.05, 0.06, 0.04, 0.05], [0.30, -0.30, 0.25, -0.20]]),  # wide CI
+           "l2rw": np.array([[-0.2, -0.25, -0.22, -0.21], [0.03, 0.04, 0.02, 0.05]])}
+  w = np.ones((2, 4, 2))
+  res = {"ce": _Fake(base), "la": _Fake(base + shift["la"][:, :, None]),
+         "l2rw": _Fake(base + shift["l2rw"][:, :, None], 0.5 * w, w)}
+  summary = study.analyse(res, args)
+  saved = {}
+  real = matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                      lambda fig, path, **kw: (saved.setdefault(Path(path).name, fig),
+                                               real(fig, path, **kw)))
+  study.plot(tmp_path, summary, res, args)
+  fig = saved["accuracy.png"]
+  whiskers = []
+  for ax in fig.axes:
+    lo, hi = ax.get_ylim()
+    for c in ax.containers:
+      if isinstance(c, ErrorbarContainer):
+        for seg in c.lines[2][0].get_segments():
+          y0, y1 = sorted(seg[:, 1])
+          assert lo <= y0 and y1 <= hi, (ax.get_title(), (y0, y1), (lo, hi))  # not clipped
+          whiskers.append((y0, y1))
+  # every whisker is the 95% t-interval of a method's per-seed difference to CE (scipy), in pp
+  want = [tuple(100 * np.array(_ci(shift[m][si]))) for si in range(2) for m in ("la", "l2rw")]
+  np.testing.assert_allclose(sorted(whiskers), sorted(want), atol=1e-4)
