@@ -22,6 +22,7 @@ Run ``python experiments/gradnorm_synthetic.py --help`` for every option.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ from weightax.datasets.synthetic import (  # noqa: E402
     gradnorm_sample,
     wide_sigmas,
 )
-from weightax.runs import new_run_dir  # noqa: E402
+from weightax.runs import check_out, new_run_dir  # noqa: E402
 
 METHODS = ("equal", "gradnorm", "uncertainty")
 
@@ -78,13 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--problem-seed", type=int, default=0, help="seed of B and ε_i")
   p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
   p.add_argument("--quick", action="store_true",
-                 help="tiny run for tests: T = 3 only, 2 seeds, 200 steps, width 32")
+                 help="tiny run for tests: T = 3 only, 2 seeds, 200 steps (evaluated every "
+                      "20), width 32, 1000/200 examples; an option given explicitly (--tasks, "
+                      "--seeds, ...) is kept")
   args = p.parse_args(argv)
   args.command = " ".join(["python experiments/gradnorm_synthetic.py",
                            *(sys.argv[1:] if argv is None else argv)])
-  if args.quick:
-    args.steps, args.eval_every, args.seeds, args.width = 200, 20, 2, 32
-    args.tasks, args.test_size, args.train_size = "3", 200, 1000
+  _report.apply_quick(p, args, argv, steps=200, eval_every=20, seeds=2, width=32, tasks="3",
+                      test_size=200, train_size=1000)
   try:
     args.tasks = [int(t) for t in args.tasks.split(",") if t.strip()]
     args.sigmas_2 = [float(s) for s in args.sigmas_2.split(",")]
@@ -101,6 +103,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   if args.steps < 1 or args.eval_every < 1 or args.steps % args.eval_every:
     p.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
             f"({args.eval_every})")
+  for opt in ("seeds", "batch_size", "train_size", "test_size", "width", "depth"):
+    if getattr(args, opt) < 1:
+      p.error(f"--{opt.replace('_', '-')} must be a positive integer; got {getattr(args, opt)}")
+  for opt, ok, want in (("lr", args.lr > 0, "a positive number"),
+                        ("weight_lr", args.weight_lr > 0, "a positive number"),
+                        ("alpha", args.alpha >= 0, "a number >= 0")):
+    value = getattr(args, opt)
+    if not (ok and math.isfinite(value)):
+      p.error(f"--{opt.replace('_', '-')} must be {want}; got {value}")
+  if not all(math.isfinite(s) and s > 0 for s in args.sigmas_2):
+    p.error(f"--sigmas-2 takes two positive numbers; got {args.sigmas_2}")
+  low, high = args.sigma_range
+  if not (math.isfinite(high) and 0 < low <= high):
+    p.error(f"--sigma-range takes low,high with 0 < low <= high; got {args.sigma_range}")
+  if args.out is not None:
+    try:
+      check_out(args.out)
+    except FileExistsError as e:
+      p.error(str(e))
   return args
 
 

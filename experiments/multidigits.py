@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import platform
 import sys
@@ -56,7 +57,7 @@ import multidigits_report as report  # noqa: E402
 import weightax as wx  # noqa: E402
 from weightax.datasets.multidigits import TASKS, load_multidigits  # noqa: E402
 from weightax.nn_cnn import init_hard_sharing_cnn  # noqa: E402
-from weightax.runs import new_run_dir  # noqa: E402
+from weightax.runs import check_out, new_run_dir  # noqa: E402
 
 STL = "single_task"
 NUM_TASKS = len(TASKS)
@@ -75,6 +76,11 @@ SENSITIVITY: dict[str, tuple[str, tuple[float, ...]]] = {
     "uncertainty_weighting": ("learning_rate", (1e-4, 1e-3, 1e-2, 1e-1)),
 }
 QUICK_SENSITIVITY_VALUES = 2  # --quick --sensitivity: the first and last value of each
+# --quick without --methods: every method is its own compiled program (about 10 s of CPU each,
+# mostly compilation), so a tiny run takes a representative few: the plain sum, a Gramian
+# method (MGDA), a projection method (UPGrad), a loss-based weighting (DWA, which has a
+# sensitivity sweep) and the meta-learned Auto-λ; the single-task baselines always run.
+QUICK_METHODS = ("linear_scalarization", "mgda", "upgrad", "dwa", "auto_lambda")
 
 
 def library_methods() -> dict[str, Callable[..., Any]]:
@@ -181,14 +187,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="also sweep the main hyperparameter of "
                       f"{sorted(SENSITIVITY)} (one program per method) and plot Δm%% against it")
   p.add_argument("--quick", action="store_true",
-                 help="tiny run for tests: 2 seeds, 60 steps, 600/200/200 images, "
-                      "two values per sensitivity sweep")
+                 help="tiny run for tests (1-2 minutes on two cores): 2 seeds, 60 steps, "
+                      f"600/200/200 images, the methods {','.join(QUICK_METHODS)}, two values "
+                      "per sensitivity sweep; an option given explicitly (--methods all, "
+                      "--seeds ...) is kept")
   args = p.parse_args(argv)
   args.command = " ".join(["python experiments/multidigits.py",
                            *(sys.argv[1:] if argv is None else argv)])
-  if args.quick:
-    args.seeds, args.steps, args.eval_every = 2, 60, 20
-    args.n_train, args.n_val, args.n_test = 600, 200, 200
+  _report.apply_quick(p, args, argv, seeds=2, steps=60, eval_every=20, n_train=600, n_val=200,
+                      n_test=200, methods=",".join(QUICK_METHODS))
   if args.methods.strip() == "all":
     args.methods = methods
   else:
@@ -206,14 +213,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   if args.steps < 1 or args.eval_every < 1 or args.steps % args.eval_every:
     p.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
             f"({args.eval_every})")
-  if args.seeds < 1:
-    p.error(f"--seeds must be positive; got {args.seeds}")
+  for opt in ("seeds", "batch_size", "n_train", "n_val", "n_test", "features"):
+    if getattr(args, opt) < 1:
+      p.error(f"--{opt.replace('_', '-')} must be a positive integer; got {getattr(args, opt)}")
+  for opt in ("max_shift", "data_seed"):
+    if getattr(args, opt) < 0:
+      p.error(f"--{opt.replace('_', '-')} must be >= 0; got {getattr(args, opt)}")
+  if not (math.isfinite(args.lr) and args.lr > 0):
+    p.error(f"--lr must be a positive number; got {args.lr}")
   if args.canvas % 2 or args.canvas < 8 + args.max_shift:
     p.error(f"--canvas must be even and at least 8 + --max-shift; got {args.canvas}")
   if not 0 <= args.meta_val_fraction < 1:
     p.error(f"--meta-val-fraction must be in [0, 1); got {args.meta_val_fraction}")
-  tr, va = meta_split(args.n_train, args.meta_val_fraction)
+  try:
+    tr, va = meta_split(args.n_train, args.meta_val_fraction)
+  except ValueError as e:
+    p.error(f"--n-train {args.n_train} with --meta-val-fraction {args.meta_val_fraction}: {e}")
   args.n_meta_train, args.n_meta_val = tr.stop - tr.start, va.stop - va.start
+  if args.out is not None:
+    try:
+      check_out(args.out)
+    except FileExistsError as e:
+      p.error(str(e))
   return args
 
 
@@ -349,9 +370,9 @@ def run_sweep(name: str, train, grid: dict[str, Any], seeds: int) -> tuple[Any, 
 
 def main(argv: list[str] | None = None) -> Path:
   args = parse_args(argv)
+  problem = Problem(args)  # before the run directory: a data error leaves no empty directory
   out_dir = new_run_dir("multidigits", args.out)
   print(f"MultiDigits -> {out_dir}", file=sys.stderr, flush=True)
-  problem = Problem(args)
   factories = library_methods()
   conditions = {"cpus": os.cpu_count(), "platform": platform.platform(),
                 "jax": jax.__version__, "backend": jax.default_backend(),

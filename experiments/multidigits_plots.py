@@ -79,8 +79,10 @@ def weights_plot(path: Path, runs: dict[str, Any], steps: int) -> None:
     return
   cols = min(4, len(names))
   rows = math.ceil(len(names) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False,
-                           sharex=True)
+  # Wide enough for the title with a single panel. The constrained layout keeps the title
+  # clear of the top row (tight_layout let a tall grid's panel titles run into it).
+  fig, axes = plt.subplots(rows, cols, figsize=(max(3.6 * cols, 7.0), 2.8 * rows),
+                           squeeze=False, sharex=True, layout="constrained")
   window = max(1, steps // 50)
   k = len(TASKS)
   for ax, n in zip(axes.ravel(), names, strict=False):
@@ -100,13 +102,17 @@ def weights_plot(path: Path, runs: dict[str, Any], steps: int) -> None:
     ax.set_title(n, fontsize=10)
   for ax in axes.ravel()[len(names):]:
     ax.axis("off")
-  for ax in axes[-1]:
-    ax.set_xlabel("step")
+  # The lowest panel of each column carries the step axis: with sharex, matplotlib labels
+  # only the bottom row, whose slots past the last method are switched off.
+  for col in range(cols):  # cols <= len(names): every column has a method
+    lowest = axes[(len(names) - 1 - col) // cols, col]
+    lowest.xaxis.set_tick_params(labelbottom=True)
+    lowest.set_xlabel("step")
   for ax in axes[:, 0]:
     ax.set_ylabel("K·w_k / Σ w")
   axes.ravel()[0].legend(fontsize=8, loc="best")
-  fig.suptitle(f"Task weights over training (mean over seeds, moving average of {window} steps)")
-  fig.tight_layout()
+  smoothing = f", moving average of {window} steps" if window > 1 else ""
+  fig.suptitle(f"Task weights over training (mean over seeds{smoothing})")
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import math
 import sys
 import time
 import warnings
@@ -46,7 +47,7 @@ import toy_two_objective_report as report  # noqa: E402
 import weightax as wx  # noqa: E402
 from weightax import mtl  # noqa: E402
 from weightax.datasets.toy import STARTS, toy_losses  # noqa: E402
-from weightax.runs import new_run_dir  # noqa: E402
+from weightax.runs import check_out, new_run_dir  # noqa: E402
 
 # The starting points of each paper's figure: Nash-MTL's and FAMO's five, CAGrad's three
 # (Liu et al. 2021, Fig. 1 and their toy script).
@@ -55,6 +56,7 @@ START_SETS = {
     "cagrad": np.array([[-8.5, 7.5], [-8.5, -5.0], [9.0, 9.0]], np.float32),
 }
 
+QUICK_METHODS = "ls,mgda,gradnorm,cagrad,nash_mtl"
 # short name -> (factory in weightax.aggregators, needs positive losses?)
 METHODS = {
     "ls": ("linear_scalarization", False),
@@ -104,19 +106,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--x1-tol", type=float, default=0.05, help="... and x1 ∈ [-7 - tol, 7 + tol]")
   p.add_argument("--quick", action="store_true",
                  help="tiny run for tests: ls, mgda and gradnorm (plus cagrad/nash_mtl when "
-                      "available), 600 steps")
+                      "available), 600 steps, 60 records; an option given explicitly "
+                      "(--methods, --steps, --record) is kept")
   args = p.parse_args(argv)
   args.command = " ".join(["python experiments/toy_two_objective.py",
                            *(sys.argv[1:] if argv is None else argv)])
-  if args.quick:
-    args.steps, args.record = 600, 60
-    args.methods = "ls,mgda,gradnorm,cagrad,nash_mtl"
+  _report.apply_quick(p, args, argv, steps=600, record=60, methods=QUICK_METHODS)
   args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
   unknown = [m for m in args.methods if m not in METHODS]
   if unknown or not args.methods:
     p.error(f"--methods: expected a subset of {list(METHODS)}; got {args.methods}")
   if args.steps < 1 or args.record < 1:
     p.error(f"--steps and --record must be positive; got {args.steps}, {args.record}")
+  for opt, ok, want in (
+      ("lr", args.lr > 0, "a positive number"),
+      ("l1_scale", args.l1_scale > 0, "a positive number"),
+      ("loss_offset", True, "a finite number"),
+      ("cagrad_c", args.cagrad_c >= 0, "a number >= 0"),
+      ("gradnorm_alpha", args.gradnorm_alpha >= 0, "a number >= 0"),
+      ("x2_tol", args.x2_tol >= 0, "a number >= 0"),
+      ("x1_tol", args.x1_tol >= 0, "a number >= 0"),
+  ):
+    value = getattr(args, opt)
+    if not (ok and math.isfinite(value)):
+      p.error(f"--{opt.replace('_', '-')} must be {want}; got {value}")
+  if args.dwa_period < 1:
+    p.error(f"--dwa-period must be a positive number of steps; got {args.dwa_period}")
+  # Every method the library has is built once here, so that a hyperparameter it refuses
+  # is a usage error before anything runs (the run's catch-all is for failures of a run).
+  for name in args.methods:
+    if find_factory(name) is not None:
+      try:
+        find_factory(name)(**method_kwargs(name, args))
+      except (ValueError, TypeError) as e:
+        p.error(f"{name}: {e}")
+  if args.out is not None:
+    try:
+      check_out(args.out)
+    except FileExistsError as e:
+      p.error(str(e))
   # Whole blocks of steps between records: the smallest block size that divides --steps
   # and keeps at most --record points.
   every = -(-args.steps // min(args.record, args.steps))
@@ -192,7 +220,8 @@ def run_methods(args: argparse.Namespace) -> tuple[dict, dict]:
   """Runs every available method; returns ``(results, skipped)``.
 
   ``results[name]`` holds ``x [S, T+1, 2]``, ``losses [S, T+1, 2]`` (S starts) and the
-  wall time; ``skipped[name]`` says why a method did not run.
+  wall time; ``skipped[name]`` says why a method did not run (``"FAILED: ..."`` when its
+  run raised; ``main`` then exits with an error after writing the report).
   """
   results, skipped = {}, {}
   for name in args.methods:
@@ -205,9 +234,11 @@ def run_methods(args: argparse.Namespace) -> tuple[dict, dict]:
     try:
       res = wx.sweep(make_train(name, args), {"start": list(range(len(args.start_points)))},
                      seeds=[0], progress=False, desc=name)
-    except Exception as e:  # noqa: BLE001 - one broken method must not sink the study
-      skipped[name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-      print(f"toy: {name} failed: {skipped[name]}", flush=True)
+    except Exception as e:  # noqa: BLE001 - reported in summary.md and by the exit status
+      # Only a run's own failure gets here (the options were checked by parse_args): the
+      # other methods still run and are reported, and main exits with an error.
+      skipped[name] = "FAILED: " + f"{type(e).__name__}: {e}".splitlines()[0][:300]
+      print(f"toy: {name} {skipped[name]}", flush=True)
       continue
     wall = time.perf_counter() - t0
     results[name] = {"x": np.asarray(res.metrics["x"]), "losses": np.asarray(res.metrics["losses"]),
@@ -227,6 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
   summary = report.write_all(out, results, skipped, args, elapsed)
   print(report.answer_text(summary))
   print(f"\nReport: {out / 'summary.md'}")
+  failed = [name for name, why in skipped.items() if why.startswith("FAILED: ")]
+  if failed:
+    raise SystemExit(f"{len(failed)} method(s) failed: {failed}; see {out / 'summary.md'}")
   return summary
 
 

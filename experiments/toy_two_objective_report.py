@@ -86,8 +86,8 @@ def answer_text(summary: dict) -> str:
     firsts = [s["first_step_on_pareto"] for s in e["starts"] if s["on_pareto"]]
     when = f"; last arrival at step {max(firsts)}" if firsts and None not in firsts else ""
     lines.append(f"  {name:>9}: {e['num_on_pareto']}/{e['num_starts']}  [{marks}]{where}{when}")
-  for name, why in summary["skipped"].items():
-    lines.append(f"  {name:>9}: skipped ({why})")
+  for name, why in summary["skipped"].items():  # "FAILED: ...": the run raised
+    lines.append(f"  {name:>9}: {why if why.startswith('FAILED: ') else f'skipped ({why})'}")
   return "\n".join(lines)
 
 
@@ -298,7 +298,7 @@ def summary_markdown(summary: dict, args) -> str:
                 f"{s['stationarity']:.2g} | {'—' if f is None else f} | "
                 f"{e['wall_seconds'] if i == 0 else 0:.1f} |".replace("| 0.0 |", "| |"))
   if summary["skipped"]:
-    md += ["", "## Skipped methods", ""]
+    md += ["", "## Skipped or failed methods", ""]
     md += [f"- **{k}**: {v}" for k, v in summary["skipped"].items()]
   md += [
       "",

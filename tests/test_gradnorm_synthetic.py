@@ -170,8 +170,36 @@ def test_quick_run_end_to_end(tmp_path):
     assert "no method moved" in report.answer_text(summary)
   assert summary["steps"] == 200
   assert "GradNorm" in (out / "summary.md").read_text()
-  with pytest.raises(FileExistsError):  # never overwrite an earlier run
+  before = sorted(p.name for p in out.iterdir())
+  with pytest.raises(SystemExit) as e:  # never overwrite an earlier run: a usage error
     study.main(["--quick", "--out", str(out)])
+  assert e.value.code == 2
+  assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_quick_keeps_the_options_given_explicitly():
+  a = study.parse_args(["--quick"])
+  assert (a.tasks, a.seeds, a.steps, a.eval_every, a.width) == ([3], 2, 200, 20, 32)
+  b = study.parse_args(["--quick", "--tasks", "2", "--seeds", "4"])
+  assert (b.tasks, b.seeds, b.steps, b.width) == ([2], 4, 200, 32)
+  c = study.parse_args(["--quick", "--steps", "100", "--eval-every", "50", "--width", "8"])
+  assert (c.steps, c.eval_every, c.width, c.tasks) == (100, 50, 8, [3])
+
+
+@pytest.mark.parametrize("argv", [
+    ["--seeds", "0"], ["--depth", "0"], ["--batch-size", "0"], ["--width", "0"],
+    ["--train-size", "0"], ["--test-size", "-1"], ["--lr", "0"], ["--lr", "nan"],
+    ["--weight-lr", "-0.1"], ["--alpha", "-1"], ["--sigmas-2", "0,100"],
+    ["--sigma-range", "100,1"], ["--sigma-range", "0,10"],
+])
+def test_an_out_of_range_option_is_a_usage_error_before_anything_runs(argv, tmp_path, capsys):
+  out = tmp_path / "run"
+  with pytest.raises(SystemExit) as e:
+    study.main([*argv, "--tasks", "2", "--methods", "equal", "--steps", "20",
+                "--eval-every", "10", "--out", str(out)])
+  assert e.value.code == 2
+  assert f"error: {argv[0]}" in capsys.readouterr().err
+  assert not out.exists()
 
 
 def test_help_lists_the_options():

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -232,7 +233,9 @@ def test_library_methods_are_the_aggregator_factories():
 
 # ----------------------------------------------------------------------------- the benchmark
 
-QUICK_METHODS = ("linear_scalarization", "mgda", "dwa", "auto_lambda")
+# What plain --quick runs (its help and docs/studies/multidigits.md say so): a few methods,
+# since every method is its own compiled program.
+QUICK_METHODS = ("linear_scalarization", "mgda", "upgrad", "dwa", "auto_lambda")
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +243,7 @@ def quick_run(tmp_path_factory):
   import multidigits
 
   out = tmp_path_factory.mktemp("multidigits") / "run"
-  multidigits.main(["--quick", "--methods", ",".join(QUICK_METHODS), "--sensitivity",
-                    "--out", str(out)])
+  multidigits.main(["--quick", "--sensitivity", "--out", str(out)])
   summary = json.loads((out / "summary.json").read_text())
   with (out / "results.csv").open() as f:
     rows = list(csv.DictReader(f))
@@ -425,6 +427,105 @@ def test_unknown_method_is_refused():
 
   with pytest.raises(SystemExit):
     multidigits.parse_args(["--methods", "linear_scalarization,nope"])
+
+
+def test_quick_runs_a_few_methods_and_keeps_explicit_options():
+  import multidigits
+
+  a = multidigits.parse_args(["--quick"])
+  assert a.methods == list(QUICK_METHODS) and a.meta_methods == ["auto_lambda"]
+  assert set(a.methods) <= set(multidigits.all_methods())
+  assert (a.seeds, a.steps, a.eval_every, a.n_train, a.n_val, a.n_test) == (
+      2, 60, 20, 600, 200, 200)
+  b = multidigits.parse_args(["--quick", "--seeds", "4", "--n-train", "300", "--methods",
+                              "mgda", "--eval-every", "30"])
+  assert (b.seeds, b.n_train, b.methods, b.eval_every, b.steps, b.n_val) == (
+      4, 300, ["mgda"], 30, 60, 200)
+  assert multidigits.parse_args(["--quick", "--methods", "all"]).methods == (
+      multidigits.all_methods())
+  assert multidigits.parse_args(["--seeds", "5"]).methods == multidigits.all_methods()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--n-train", "0"], ["--n-val", "0"], ["--n-test", "-3"], ["--batch-size", "0"],
+    ["--features", "0"], ["--seeds", "0"], ["--max-shift", "-1"], ["--data-seed", "-1"],
+    ["--lr", "0"], ["--lr", "nan"], ["--n-train", "1", "--meta-val-fraction", "0.6"],
+])
+def test_out_of_range_numbers_are_usage_errors(argv, capsys):
+  import multidigits
+
+  with pytest.raises(SystemExit) as e:
+    multidigits.parse_args(argv)
+  assert e.value.code == 2
+  assert f"error: {argv[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--n-train", "0"], ["--n-train", "1", "--meta-val-fraction",
+                                                         "0.6"]])
+def test_a_refused_command_leaves_no_run_directory(argv, tmp_path, monkeypatch):
+  import multidigits
+
+  monkeypatch.chdir(tmp_path)  # the default output directory is runs/multidigits/<time>
+  with pytest.raises(SystemExit) as e:
+    multidigits.main(argv)
+  assert e.value.code == 2
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_out_that_holds_files_is_a_usage_error(tmp_path, capsys):
+  import multidigits
+
+  (tmp_path / "old.txt").write_text("an earlier run")
+  with pytest.raises(SystemExit) as e:
+    multidigits.main(["--quick", "--out", str(tmp_path)])
+  assert e.value.code == 2
+  assert f"error: --out {tmp_path} already holds files; choose a new" in capsys.readouterr().err
+  assert [f.name for f in tmp_path.iterdir()] == ["old.txt"]
+
+
+@pytest.mark.parametrize("num,steps", [(1, 60), (3, 60), (5, 60), (6, 500), (9, 60), (29, 60)])
+def test_task_weights_plot_labels_the_lowest_panel_of_every_column(num, steps, tmp_path,
+                                                                   monkeypatch):
+  """Every column's lowest drawn panel shows the step axis (the slots past the last method
+  are switched off, so the bottom row alone is not enough); the title's smoothing window
+  is the one applied, and no "moving average of 1 steps"."""
+  import multidigits_plots as plots
+
+  figs = []
+  monkeypatch.setattr(plots.plt, "close", figs.append)  # keep the figure to inspect it
+  rng = np.random.default_rng(0)
+  runs = {"single_task": None} | {
+      f"m{i}": SimpleNamespace(metrics={"task_weights": rng.uniform(0.5, 1.5, (2, steps, 3))})
+      for i in range(num)}
+  plots.weights_plot(tmp_path / "w.png", runs, steps)
+  (fig,) = figs
+  fig.canvas.draw()
+  drawn = [ax for ax in fig.axes if ax.axison]
+  assert len(drawn) == num
+  lowest = {}
+  for ax in drawn:
+    spec = ax.get_subplotspec()
+    col, row = spec.colspan.start, spec.rowspan.start
+    if col not in lowest or row > lowest[col][0]:
+      lowest[col] = (row, ax)
+  assert len(lowest) == min(4, num)
+  for col, (row, ax) in lowest.items():
+    assert ax.get_xlabel() == "step", (col, row)
+    assert any(t.get_text() for t in ax.get_xticklabels()), (col, row)
+  # The title lies inside the figure and above every panel's title.
+  renderer = fig.canvas.get_renderer()
+  box = fig._suptitle.get_window_extent(renderer)
+  assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+  assert box.y0 >= max(ax.title.get_window_extent(renderer).y1 for ax in drawn)
+  title = fig._suptitle.get_text()
+  window = steps // 50
+  if window > 1:
+    assert f"moving average of {window} steps" in title
+  else:
+    assert "moving average" not in title
+  import matplotlib.pyplot as plt
+
+  plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- paper scale

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from weightax.runs import new_run_dir, write_json
+from weightax.runs import check_out, new_run_dir, write_json
 
 
 def test_new_run_dirs_are_distinct(tmp_path):
@@ -19,6 +19,23 @@ def test_out_must_be_empty(tmp_path):
   (tmp_path / "x" / "f").write_text("1")
   with pytest.raises(FileExistsError, match="already holds files"):
     new_run_dir("s", tmp_path / "x")
+
+
+def test_out_that_is_a_file_is_refused_with_what_to_do(tmp_path):
+  (tmp_path / "f").write_text("1")
+  with pytest.raises(FileExistsError, match="is a file, not a directory; choose a new"):
+    new_run_dir("s", tmp_path / "f")
+  assert (tmp_path / "f").read_text() == "1"
+
+
+def test_check_out_creates_nothing(tmp_path):
+  assert check_out(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+  assert not (tmp_path / "a").exists()
+  (tmp_path / "e").mkdir()
+  assert check_out(tmp_path / "e") == tmp_path / "e"  # an empty directory is fine
+  (tmp_path / "e" / "f").write_text("1")
+  with pytest.raises(FileExistsError, match="already holds files; choose a new directory"):
+    check_out(tmp_path / "e")
 
 
 def test_write_json_nan_becomes_null(tmp_path):

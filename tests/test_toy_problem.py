@@ -120,8 +120,65 @@ def test_quick_run_end_to_end(tmp_path):
     assert e["num_on_pareto"] == sum(r["on_pareto"] for r in e["starts"])
     assert f"{name:>9}: {e['num_on_pareto']}/5" in answer
   assert "Pareto" in (out / "summary.md").read_text()
-  with pytest.raises(FileExistsError):  # never overwrite an earlier run
+  before = sorted(p.name for p in out.iterdir())
+  with pytest.raises(SystemExit) as e:  # never overwrite an earlier run: a usage error
     study.main(["--quick", "--out", str(out)])
+  assert e.value.code == 2
+  assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_quick_keeps_the_options_given_explicitly():
+  a = study.parse_args(["--quick"])
+  assert a.methods == ["ls", "mgda", "gradnorm", "cagrad", "nash_mtl"]
+  assert (a.steps, a.record) == (600, 60)
+  b = study.parse_args(["--quick", "--methods", "upgrad"])
+  assert b.methods == ["upgrad"] and b.steps == 600
+  c = study.parse_args(["--quick", "--steps", "100", "--record", "10"])
+  assert (c.steps, c.record, c.record_every) == (100, 10, 10) and c.methods == a.methods
+
+
+@pytest.mark.parametrize("argv", [
+    ["--methods", "cagrad", "--cagrad-c", "-1"], ["--methods", "dwa", "--dwa-period", "0"],
+    ["--methods", "gradnorm", "--gradnorm-alpha", "-0.5"], ["--methods", "ls", "--lr", "0"],
+    ["--methods", "ls", "--lr", "nan"], ["--methods", "ls", "--l1-scale", "0"],
+    ["--methods", "ls", "--x2-tol", "-0.1"], ["--methods", "ls", "--loss-offset", "inf"],
+])
+def test_an_invalid_option_is_a_usage_error_before_anything_runs(argv, tmp_path, capsys):
+  out = tmp_path / "run"
+  with pytest.raises(SystemExit) as e:
+    study.main([*argv, "--steps", "50", "--out", str(out)])
+  assert e.value.code == 2
+  assert f"error: {argv[2]}" in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_a_hyperparameter_the_library_refuses_is_a_usage_error(monkeypatch, capsys):
+  def refusing(**kw):
+    raise ValueError("cagrad: refused")
+
+  monkeypatch.setattr(study, "find_factory", lambda name: refusing)
+  with pytest.raises(SystemExit) as e:
+    study.parse_args(["--methods", "cagrad"])
+  assert e.value.code == 2 and "error: cagrad: cagrad: refused" in capsys.readouterr().err
+
+
+def test_a_failed_run_is_reported_and_ends_with_an_error(tmp_path, monkeypatch):
+  real = study.make_train
+
+  def make_train(name, args):
+    if name == "mgda":
+      raise RuntimeError("broken method")
+    return real(name, args)
+
+  monkeypatch.setattr(study, "make_train", make_train)
+  out = tmp_path / "run"
+  with pytest.raises(SystemExit) as e:
+    study.main(["--methods", "ls,mgda", "--steps", "50", "--out", str(out)])
+  assert "1 method(s) failed: ['mgda']" in str(e.value.code)
+  data = json.loads((out / "summary.json").read_text())
+  assert set(data["methods"]) == {"ls"}
+  assert data["skipped"] == {"mgda": "FAILED: RuntimeError: broken method"}
+  assert "- **mgda**: FAILED: RuntimeError: broken method" in (out / "summary.md").read_text()
 
 
 def test_help_lists_the_options():

@@ -8,23 +8,44 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["new_run_dir", "write_json"]
+__all__ = ["check_out", "new_run_dir", "write_json"]
+
+
+def check_out(out: str | Path) -> Path:
+  """Checks, without creating anything, that ``out`` can hold a fresh run.
+
+  A study calls this while it checks its options (``p.error(str(e))`` turns the
+  error into a one-line usage error), so a refused command leaves no directory behind.
+
+  Returns:
+    ``Path(out)``, which is absent or an empty directory.
+
+  Raises:
+    FileExistsError: ``out`` is a file, or a directory that already holds files; the
+      message says what to do.
+  """
+  path = Path(out)
+  if path.exists() and not path.is_dir():
+    raise FileExistsError(
+        f"--out {path} is a file, not a directory; choose a new directory (or leave --out "
+        "out for a fresh runs/<study>/<UTC time>).")
+  if path.is_dir() and any(path.iterdir()):
+    raise FileExistsError(
+        f"--out {path} already holds files; choose a new directory (or leave --out out for a "
+        "fresh runs/<study>/<UTC time>) so no earlier run is overwritten.")
+  return path
 
 
 def new_run_dir(study: str, out: str | Path | None = None, *, root: str | Path = "runs") -> Path:
   """Creates and returns a fresh directory for one run of ``study``.
 
   With ``out`` given, that directory is used and must be empty or absent (so an
-  earlier run is never overwritten); otherwise ``root/study/<UTC timestamp>``
+  earlier run is never overwritten; see :func:`check_out`, which raises
+  ``FileExistsError`` otherwise); otherwise ``root/study/<UTC timestamp>``
   with a numeric suffix if two runs start in the same second.
   """
   if out is not None:
-    path = Path(out)
-    if path.exists() and any(path.iterdir()):
-      raise FileExistsError(
-          f"--out {path} already holds files; choose a new directory so no earlier run is "
-          "overwritten."
-      )
+    path = check_out(out)
     path.mkdir(parents=True, exist_ok=True)
     return path
   stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
