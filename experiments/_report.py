@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LEVEL", "describe", "t_interval", "verdict", "compare", "fmt", "range_label",
-           "refuse_direct_run", "apply_quick", "given_options", "HelpFormatter"]
+           "refuse_direct_run", "apply_quick", "given_options", "interval", "check_minimums",
+           "check_out_option", "HelpFormatter"]
 
 LEVEL = 0.95
 """Default confidence level of every interval and verdict."""
@@ -209,6 +210,33 @@ def apply_quick(parser: argparse.ArgumentParser, args: argparse.Namespace,
       if name not in given:
         setattr(args, name, value)
   return args
+
+
+def interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
+  """``[lo, hi)`` and the like, for error messages and help."""
+  return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def check_minimums(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   minimum: dict[str, int], why: dict[str, str] | None = None) -> None:
+  """``parser.error`` for the first option below its minimum (an option left None passes)."""
+  for name, low in minimum.items():
+    value = getattr(args, name)
+    if value is not None and value < low:
+      reason = (why or {}).get(name, "")
+      parser.error(f"--{name.replace('_', '-')} must be at least {low}{reason}; got {value}")
+
+
+def check_out_option(parser: argparse.ArgumentParser, out: Any) -> None:
+  """``parser.error`` unless ``--out`` (None: a fresh ``runs/...``) can hold a new run."""
+  if out is None:
+    return
+  from weightax.runs import check_out  # the studies put the repository on sys.path
+
+  try:
+    check_out(out)
+  except FileExistsError as e:
+    parser.error(str(e))
 
 
 def refuse_direct_run(module_doc: str | None, study: str) -> None:

@@ -44,7 +44,7 @@ from weightax.datasets.synthetic import (  # noqa: E402
     gradnorm_sample,
     wide_sigmas,
 )
-from weightax.runs import check_out, new_run_dir  # noqa: E402
+from weightax.runs import new_run_dir  # noqa: E402
 
 METHODS = ("equal", "gradnorm", "uncertainty")
 
@@ -117,11 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   low, high = args.sigma_range
   if not (math.isfinite(high) and 0 < low <= high):
     p.error(f"--sigma-range takes low,high with 0 < low <= high; got {args.sigma_range}")
-  if args.out is not None:
-    try:
-      check_out(args.out)
-    except FileExistsError as e:
-      p.error(str(e))
+  _report.check_out_option(p, args.out)
   return args
 
 

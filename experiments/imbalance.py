@@ -96,9 +96,7 @@ MINIMUM = {"seeds": 2, "steps": 1, "eval_every": 1, "batch_size": 1, "hidden": 1
            "data_seed": 0, "ghm_bins": 1, "chunk_size": 1}
 
 
-def interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
-  """``[lo, hi)`` and the like, for error messages and help."""
-  return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+interval = _report.interval
 
 
 def out_of_range(values: list[float], lo: float, hi: float, lo_open: bool,
@@ -169,11 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   quick_grids = {opt: ",".join(default.split(",")[1:3])
                  for _, opt, default in LOSSES.values() if opt is not None}
   _report.apply_quick(p, args, argv, seeds=2, steps=100, eval_every=50, **quick_grids)
-  for name, low in MINIMUM.items():
-    value = getattr(args, name)
-    if value is not None and value < low:
-      why = " (a verdict needs a paired interval)" if name == "seeds" else ""
-      p.error(f"--{name.replace('_', '-')} must be at least {low}{why}; got {value}")
+  _report.check_minimums(p, args, MINIMUM, {"seeds": " (a verdict needs a paired interval)"})
   if args.steps % args.eval_every:
     p.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
             f"({args.eval_every})")

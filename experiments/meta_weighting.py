@@ -80,9 +80,7 @@ MINIMUM = {"seeds": 2, "steps": 1, "eval_every": 1, "batch_size": 1, "val_batch_
            "hidden": 1, "data_seed": 0}
 
 
-def interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
-  """``[lo, hi)`` and the like, for error messages and help."""
-  return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+interval = _report.interval
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,10 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       or len(set(args.methods)) < len(args.methods)):
     p.error(f"--methods: expected a subset of {list(METHODS)} including ce, each method once; "
             f"got {args.methods}")
-  for name, low in MINIMUM.items():
-    if getattr(args, name) < low:
-      why = " (a paired interval needs two seeds)" if name == "seeds" else ""
-      p.error(f"--{name.replace('_', '-')} must be at least {low}{why}; got {getattr(args, name)}")
+  _report.check_minimums(p, args, MINIMUM, {"seeds": " (a paired interval needs two seeds)"})
   if args.steps % args.eval_every:
     p.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
             f"({args.eval_every})")

@@ -57,7 +57,7 @@ import multidigits_report as report  # noqa: E402
 import weightax as wx  # noqa: E402
 from weightax.datasets.multidigits import TASKS, load_multidigits  # noqa: E402
 from weightax.nn_cnn import init_hard_sharing_cnn  # noqa: E402
-from weightax.runs import check_out, new_run_dir  # noqa: E402
+from weightax.runs import new_run_dir  # noqa: E402
 
 STL = "single_task"
 NUM_TASKS = len(TASKS)
@@ -230,11 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   except ValueError as e:
     p.error(f"--n-train {args.n_train} with --meta-val-fraction {args.meta_val_fraction}: {e}")
   args.n_meta_train, args.n_meta_val = tr.stop - tr.start, va.stop - va.start
-  if args.out is not None:
-    try:
-      check_out(args.out)
-    except FileExistsError as e:
-      p.error(str(e))
+  _report.check_out_option(p, args.out)
   return args
 
 

@@ -47,7 +47,7 @@ import toy_two_objective_report as report  # noqa: E402
 import weightax as wx  # noqa: E402
 from weightax import mtl  # noqa: E402
 from weightax.datasets.toy import STARTS, toy_losses  # noqa: E402
-from weightax.runs import check_out, new_run_dir  # noqa: E402
+from weightax.runs import new_run_dir  # noqa: E402
 
 # The starting points of each paper's figure: Nash-MTL's and FAMO's five, CAGrad's three
 # (Liu et al. 2021, Fig. 1 and their toy script).
@@ -140,11 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         find_factory(name)(**method_kwargs(name, args))
       except (ValueError, TypeError) as e:
         p.error(f"{name}: {e}")
-  if args.out is not None:
-    try:
-      check_out(args.out)
-    except FileExistsError as e:
-      p.error(str(e))
+  _report.check_out_option(p, args.out)
   # Whole blocks of steps between records: the smallest block size that divides --steps
   # and keeps at most --record points.
   every = -(-args.steps // min(args.record, args.steps))
