@@ -64,3 +64,19 @@ def test_an_aggregator_inside_multisteps_says_where_it_goes(params):
   jac = {key: value for key, value in _jacobians(1)[0].items() if key in params}
   with pytest.raises(ValueError, match=r"comes first in an optax.chain.*optax.MultiSteps"):
     tx.update(jac, tx.init(params), params)
+
+
+@pytest.mark.parametrize("name", ["upgrad", "nash_mtl", "mgda"])
+def test_apply_if_finite_skips_a_step_with_a_nan_gradient(name):
+  # The README's advice: a NaN anywhere in a task gradient makes a Gramian method's update
+  # NaN, so optax.apply_if_finite after the aggregator skips the whole step.
+  tx = optax.chain(getattr(wx, name)(), optax.apply_if_finite(optax.sgd(0.1), 3))
+  jac = _jacobians(1)[0]
+  bad = {**jac, "w": jac["w"].at[1, 2].set(jnp.nan)}
+  state = tx.init(PARAMS)
+  u, state = tx.update(bad, state, PARAMS)
+  assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))  # skipped: a zero update
+  assert int(state[1].notfinite_count) == 1
+  u, state = tx.update(jac, state, PARAMS)  # the next, finite step goes through
+  assert int(state[1].notfinite_count) == 0
+  assert any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(u))
