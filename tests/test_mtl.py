@@ -136,13 +136,37 @@ def test_representation_grads_threads_stateful_aggregator_state():
             rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["moco", "db_mtl", "excess_mtl", "dwa"])
+def test_representation_grads_with_per_parameter_state(name):
+  # state=None on the first call initialises the aggregator on z; the returned state is
+  # threaded. Expected: the aggregator applied by hand to Z = ∂ℓ/∂z (jax.jacrev), and the
+  # encoder's VJP of its output.
+  trunk, heads = _params(jax.random.key(12))
+  x, y = _data(jax.random.key(13))
+  hl = lambda h, z: _heads_loss(h, z, y)
+  agg = getattr(wx, name)(num_tasks=K)
+  z, enc_vjp = jax.vjp(lambda t: _encoder(t, x), trunk)
+  zjac = jax.jacrev(lambda z: hl(heads, z))(z)
+  losses = hl(heads, z)
+  state, hand = None, agg.init(z)
+  for _ in range(3):
+    r = mtl.representation_grads(_encoder, hl, agg, trunk, heads, x, state=state)
+    state = r.state
+    cot, hand = agg.update(zjac, hand, z, task_losses=losses)
+    _allclose(r.shared_grads, enc_vjp(cot)[0], rtol=1e-5)
+  assert jax.tree.structure(state) == jax.tree.structure(hand)
+
+
 def test_representation_grads_errors():
   trunk, heads = _params(jax.random.key(8))
   x, y = _data(jax.random.key(9))
   hl = lambda h, z: _heads_loss(h, z, y)
   agg = wx.linear_scalarization()
-  with pytest.raises(ValueError, match="state=None"):
-    mtl.representation_grads(_encoder, hl, agg, trunk, heads, x)
+  # MoCo keeps arrays per shared parameter: a state built for the trunk, not for z, is
+  # refused (it failed inside MoCo with a broadcasting error).
+  moco = wx.moco(num_tasks=K)
+  with pytest.raises(ValueError, match=r"must be aggregator.init\(z\)"):
+    mtl.representation_grads(_encoder, hl, moco, trunk, heads, x, state=moco.init(trunk))
   with pytest.raises(ValueError, match="weight_heads"):
     mtl.representation_grads(_encoder, hl, agg, trunk, heads, x, state=agg.init(trunk),
                              weight_heads=True)

@@ -117,6 +117,18 @@ class RepresentationGrads(NamedTuple):
   state: Any  # the aggregator's new state; None with a weighting function
 
 
+def _check_state_matches(aggregator: Any, state: Any, z: Any) -> None:
+  """Refuses an aggregator state whose arrays do not have the shapes ``init(z)`` gives."""
+  shapes = lambda t: [jnp.shape(x) for x in jax.tree.leaves(t)]
+  expected = jax.eval_shape(aggregator.init, z)
+  if shapes(state) != shapes(expected):
+    raise ValueError(
+        "representation_grads applies the aggregator to the representation z, so its state "
+        f"must be aggregator.init(z) (array shapes {shapes(expected)}); got a state with "
+        f"shapes {shapes(state)}, e.g. aggregator.init(shared_params). Pass state=None on "
+        "the first call and thread the returned state.")
+
+
 def representation_grads(
     encoder: Callable[[Any, Any], Any],
     heads_loss: Callable[[Any, Any], jax.Array],
@@ -150,9 +162,13 @@ def representation_grads(
   An aggregator is applied to ``Z`` as its task gradients (``params=z``), so
   it must be built with ``shared=None``; its output is the combined cotangent
   :math:`\\sum_k w_k Z_k`, which also lets a non-Gramian method (PCGrad, ...)
-  act on the representation, as LibMTL's ``rep_grad`` mode does. Thread its
-  ``state`` (``aggregator.init(shared_params)`` at first); the losses and
-  ``key`` are passed on to it.
+  act on the representation, as LibMTL's ``rep_grad`` mode does. Its state
+  belongs to ``z``, not to the shared parameters: pass ``state=None`` on the
+  first call (it is then ``aggregator.init(z)``) and thread the returned
+  ``state`` from one step to the next; a state of other shapes (e.g.
+  ``aggregator.init(shared_params)`` for MoCo, DB-MTL or ExcessMTL, which keep
+  arrays per shared parameter) is refused. The losses and ``key`` are passed on
+  to it.
 
   The heads get :math:`\\nabla_\\phi \\sum_k \\ell_k` (each head its own task's
   gradient, the aggregator contract). ``weight_heads=True`` gives them
@@ -166,7 +182,8 @@ def representation_grads(
     shared_params: the encoder's parameters.
     head_params: the heads' parameters.
     inputs: the encoder's input batch.
-    state: the aggregator's state (required with an aggregator).
+    state: the aggregator's state from the previous call; None on the first
+      call (``aggregator.init(z)``).
     key: passed to the aggregator (e.g. for PCGrad's random order).
     weight_heads: whether the heads' gradient is weighted too.
 
@@ -190,11 +207,6 @@ def representation_grads(
     NeurIPS 2018 (MGDA-UB, §3.3).
   """
   is_aggregator = isinstance(weighting, optax.GradientTransformation)
-  if is_aggregator and state is None:
-    raise ValueError(
-        "representation_grads got an aggregator but state=None; expected its state, e.g. "
-        "state=aggregator.init(shared_params), threaded from one step to the next."
-    )
   if is_aggregator and weight_heads:
     raise ValueError(
         "weight_heads=True needs the weights, which an aggregator does not expose; pass a "
@@ -210,6 +222,10 @@ def representation_grads(
   z_jac = jax.vmap(lambda c: heads_vjp(c)[1])(jnp.eye(k, dtype=losses.dtype))
 
   if is_aggregator:
+    if state is None:
+      state = weighting.init(z)
+    else:
+      _check_state_matches(weighting, state, z)
     cotangent, state = weighting.update(z_jac, state, z, task_losses=losses, key=key)
     weights = None
   else:
