@@ -105,6 +105,21 @@ def test_sequence_argnums_and_errors(problem) -> None:
     wx.value_and_gramian(lambda q: jnp.sum(_losses(q, x, y)))(p)
   with pytest.raises(ValueError, match="argnums"):
     wx.value_and_gramian(f, argnums=5)(p["W"], p["v"], x, y)
+  with pytest.raises(ValueError, match="argnums"):
+    wx.value_and_gramian(f, argnums=-5)(p["W"], p["v"], x, y)
+  # argnums=() differentiates nothing: it gave an all-zero Gramian (jax.grad refuses it)
+  for make in (wx.value_and_gramian, wx.value_and_jacobian):
+    with pytest.raises(ValueError, match="non-empty sequence of ints"):
+      make(f, argnums=())
+  # a NumPy integer is an int (it failed with "object is not iterable")
+  _, g_np = wx.value_and_gramian(f, argnums=np.int64(0))(p["W"], p["v"], x, y)
+  _, g_int = wx.value_and_gramian(f, argnums=0)(p["W"], p["v"], x, y)
+  np.testing.assert_array_equal(g_np, g_int)
+  for bad in (0, -1, 2.0, True):  # 0 was taken for None; -1 and 2.0 failed inside lax.map
+    with pytest.raises(ValueError, match="batch_size must be None or a positive int"):
+      wx.value_and_gramian(f, batch_size=bad)
+    with pytest.raises(ValueError, match="batch_size must be None or a positive int"):
+      wx.mtl.gramian_weighting(wx.weightings.upgrad, num_tasks=K, batch_size=bad)
 
 
 def test_memory_does_not_hold_the_jacobian() -> None:
@@ -187,5 +202,6 @@ def test_fit_gramian_weighting_errors() -> None:
                post_step_losses=True)
   with pytest.raises(ValueError, match="num_tasks"):
     wx.mtl.gramian_weighting(wx.weightings.upgrad, num_tasks=0)
+  assert wx.mtl.gramian_weighting(wx.weightings.upgrad, num_tasks=np.int64(K)).num_tasks == K
   with pytest.raises(TypeError, match="callable"):
     wx.mtl.gramian_weighting("upgrad", num_tasks=K)

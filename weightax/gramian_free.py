@@ -16,9 +16,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from weightax.aggregators._base import SharedMask, resolve_shared
-from weightax.jacobian import _check_differentiable, _check_losses
+from weightax.jacobian import _argnums, _check_argnums, _check_differentiable, _check_losses
 
 __all__ = ["value_and_gramian", "GramianWeighting", "GramianWeightingState", "gramian_weighting"]
 
@@ -44,6 +45,17 @@ def _gramian_rows(f_jvp: Callable[..., Any], f_vjp: Callable[..., Any], k: int, 
   g = jax.lax.map(row, jnp.eye(k, dtype=dtype), batch_size=batch_size)
   # The two triangles come from different products; average away their rounding.
   return 0.5 * (g + g.T)
+
+
+def _batch_size(batch_size: Any, name: str) -> int | None:
+  """``None`` or a positive int: tasks per ``lax.map`` iteration of the Gramian."""
+  if batch_size is None:
+    return None
+  if (not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool)
+      or batch_size < 1):
+    raise ValueError(f"{name}: batch_size must be None or a positive int (tasks per lax.map "
+                     f"iteration); got {batch_size!r}.")
+  return int(batch_size)
 
 
 def value_and_gramian(
@@ -107,13 +119,11 @@ def value_and_gramian(
     Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024
     (torchjd's ``autogram``).
   """
-  single = isinstance(argnums, int)
-  argnums_t = (argnums,) if single else tuple(argnums)
+  single, argnums_t = _argnums(argnums, "value_and_gramian")
+  batch_size = _batch_size(batch_size, "value_and_gramian")
 
   def wrapped(*args: Any, **kwargs: Any) -> Any:
-    for a in argnums_t:
-      if a >= len(args):
-        raise ValueError(f"argnums={argnums} but only {len(args)} positional arguments were given.")
+    _check_argnums(argnums_t, args, argnums)
     tree = args[argnums_t[0]] if single else tuple(args[a] for a in argnums_t)
     mask = resolve_shared(shared, tree)
     heads = _select(mask, tree, False)
@@ -263,6 +273,8 @@ def gramian_weighting(weighting: Callable[..., jax.Array], *, num_tasks: int,
   if not callable(weighting):
     raise TypeError(f"gramian_weighting: `weighting` must be callable (G -> w); got "
                     f"{type(weighting).__name__}.")
-  if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
+  if (not isinstance(num_tasks, int | np.integer) or isinstance(num_tasks, bool)
+      or num_tasks < 1):
     raise ValueError(f"gramian_weighting: num_tasks must be a positive int; got {num_tasks!r}.")
-  return GramianWeighting(weighting, num_tasks, dict(hparams), batch_size)
+  return GramianWeighting(weighting, int(num_tasks), dict(hparams),
+                          _batch_size(batch_size, "gramian_weighting"))

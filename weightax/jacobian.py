@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["value_and_jacobian", "gramian", "num_tasks"]
 
@@ -22,6 +23,26 @@ def _check_losses(losses: Any, *, name: str = "value_and_jacobian") -> jax.Array
     raise ValueError(f"{name} expects at least one task loss; `fun` returned an empty "
                      "vector of shape (0,).")
   return losses
+
+
+def _argnums(argnums: Any, name: str) -> tuple[bool, tuple[int, ...]]:
+  """``(single, argnums as a tuple)``, refusing what ``jax.value_and_grad`` refuses."""
+  if isinstance(argnums, int | np.integer) and not isinstance(argnums, bool):
+    return True, (int(argnums),)
+  try:
+    t = tuple(argnums)
+  except TypeError:
+    t = ()
+  if not t or not all(isinstance(a, int | np.integer) and not isinstance(a, bool) for a in t):
+    raise ValueError(f"{name}: argnums must be an int or a non-empty sequence of ints; got "
+                     f"{argnums!r}.")
+  return False, tuple(int(a) for a in t)
+
+
+def _check_argnums(argnums_t: tuple[int, ...], args: tuple, argnums: Any) -> None:
+  for a in argnums_t:
+    if not -len(args) <= a < len(args):
+      raise ValueError(f"argnums={argnums} but only {len(args)} positional arguments were given.")
 
 
 def _check_differentiable(primals: Any, *, name: str) -> None:
@@ -78,13 +99,10 @@ def value_and_jacobian(
     >>> jac.tolist()
     [[2.0, 4.0], [3.0, 3.0]]
   """
-  single = isinstance(argnums, int)
-  argnums_t = (argnums,) if single else tuple(argnums)
+  single, argnums_t = _argnums(argnums, "value_and_jacobian")
 
   def wrapped(*args: Any, **kwargs: Any) -> Any:
-    for a in argnums_t:
-      if a >= len(args):
-        raise ValueError(f"argnums={argnums} but only {len(args)} positional arguments were given.")
+    _check_argnums(argnums_t, args, argnums)
     primals = tuple(args[a] for a in argnums_t)
     _check_differentiable(primals if not single else primals[0], name="value_and_jacobian")
 
