@@ -19,8 +19,9 @@ class MLP(nnx.Module):
   """ReLU MLP: ``sizes = (in, hidden..., out)``."""
 
   def __init__(self, sizes: Sequence[int], *, rngs: nnx.Rngs):
-    if len(sizes) < 2:
-      raise ValueError(f"MLP needs at least (in, out) sizes; got {tuple(sizes)}.")
+    if len(sizes) < 2 or min(sizes) < 1:
+      raise ValueError(f"MLP needs at least (in, out) sizes, each a positive int; got "
+                       f"{tuple(sizes)}.")
     self.layers = nnx.List(
         [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
     )

@@ -46,6 +46,10 @@ def patches3x3(x: jax.Array, stride: int = 1) -> jax.Array:
     >>> patches3x3(x)[0, 1, 1].tolist()  # the 3×3 block around (1, 1)
     [0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0]
   """
+  if jnp.ndim(x) != 4:
+    raise ValueError(f"patches3x3 expects images [n, h, w, c]; got shape {jnp.shape(x)}.")
+  if not isinstance(stride, int) or stride < 1:
+    raise ValueError(f"patches3x3: stride must be a positive int; got {stride!r}.")
   _, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   cols = [xp[:, i:i + h:stride, j:j + w:stride, :] for i in range(3) for j in range(3)]
@@ -60,8 +64,12 @@ class ConvTrunk(nnx.Module):
 
   def __init__(self, size: int, *, channels: tuple[int, int] = (16, 32), features: int = 64,
                rngs: nnx.Rngs):
-    if size % 2:
-      raise ValueError(f"ConvTrunk needs an even image side (for the 2×2 pool); got {size}.")
+    if not isinstance(size, int) or size < 2 or size % 2:
+      raise ValueError(f"ConvTrunk needs an even image side >= 2 (for the 2×2 pool); got "
+                       f"{size!r}.")
+    if min(*channels, features) < 1:
+      raise ValueError(f"ConvTrunk needs positive channels and features; got {channels}, "
+                       f"{features}.")
     c1, c2 = channels
     self.size = size
     self.channels = (c1, c2)
@@ -71,6 +79,10 @@ class ConvTrunk(nnx.Module):
     self.dense = nnx.Linear(side * side * c2, features, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    if jnp.shape(x)[1:] != (self.size, self.size):
+      raise ValueError(
+          f"ConvTrunk expects one-channel images [n, {self.size}, {self.size}]; got shape "
+          f"{jnp.shape(x)} (drop a trailing channel axis of 1 with x[..., 0]).")
     n, s, _ = x.shape
     c1, _ = self.channels
     h = jax.nn.relu(self.conv1(patches3x3(x[..., None])))
