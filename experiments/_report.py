@@ -41,7 +41,7 @@ import numpy as np
 
 __all__ = ["LEVEL", "describe", "t_interval", "verdict", "compare", "fmt", "range_label",
            "refuse_direct_run", "apply_quick", "given_options", "interval", "check_minimums",
-           "check_out_option", "HelpFormatter"]
+           "check_out_option", "check_digits_split", "HelpFormatter"]
 
 LEVEL = 0.95
 """Default confidence level of every interval and verdict."""
@@ -237,6 +237,24 @@ def check_out_option(parser: argparse.ArgumentParser, out: Any) -> None:
     check_out(out)
   except FileExistsError as e:
     parser.error(str(e))
+
+
+def check_digits_split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """``parser.error`` unless ``--val-per-class < --test-per-class`` leave training data.
+
+  For the studies on :func:`weightax.datasets.long_tailed_split` (``args.val_per_class``,
+  ``args.test_per_class``, ``args.data_seed``).
+  """
+  from weightax.datasets import long_tailed_split  # the studies put the repository on sys.path
+
+  if not 0 < args.val_per_class < args.test_per_class:
+    parser.error(f"need 0 < --val-per-class < --test-per-class; got {args.val_per_class}, "
+                 f"{args.test_per_class}")
+  try:
+    long_tailed_split(imbalance_ratio=1.0, test_per_class=args.test_per_class,
+                      seed=args.data_seed)
+  except ValueError as e:
+    parser.error(f"--test-per-class: {e}")
 
 
 def refuse_direct_run(module_doc: str | None, study: str) -> None:

@@ -49,7 +49,7 @@ import weightax as wx  # noqa: E402
 from weightax import losses as L  # noqa: E402
 from weightax.datasets import long_tailed_split  # noqa: E402
 from weightax.nn import MLP  # noqa: E402
-from weightax.runs import new_run_dir  # noqa: E402
+from weightax.runs import run_dir  # noqa: E402
 
 NUM_CLASSES = 10
 # loss -> (hyperparameter axis, option holding its values, default values)
@@ -171,17 +171,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   if args.steps % args.eval_every:
     p.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
             f"({args.eval_every})")
-  if not 0 < args.val_per_class < args.test_per_class:
-    p.error(f"need 0 < --val-per-class < --test-per-class; got {args.val_per_class}, "
-            f"{args.test_per_class}")
+  _report.check_digits_split(p, args)
   if not 1 <= args.head_tail_k <= NUM_CLASSES // 2:
     p.error(f"--head-tail-k must be in [1, {NUM_CLASSES // 2}] (the head and the tail may not "
             f"overlap); got {args.head_tail_k}")
-  try:
-    long_tailed_split(imbalance_ratio=1.0, test_per_class=args.test_per_class,
-                      seed=args.data_seed)
-  except ValueError as e:
-    p.error(f"--test-per-class: {e}")
   args.losses = [n.strip() for n in args.losses.split(",") if n.strip()]
   unknown = [n for n in args.losses if n not in LOSSES]
   if unknown or "ce" not in args.losses or len(set(args.losses)) < len(args.losses):
@@ -438,14 +431,8 @@ def own_axes(name: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)  # every check, before a run directory exists
-  fresh = args.out is None or not Path(args.out).exists()
-  out = new_run_dir("imbalance", args.out)
-  try:
+  with run_dir("imbalance", args.out) as out:  # an interrupted run leaves no empty directory
     return _run(args, out)
-  except BaseException:  # an interrupted run leaves no empty directory behind
-    if fresh and not any(out.iterdir()):
-      out.rmdir()
-    raise
 
 
 def _run(args: argparse.Namespace, out: Path) -> dict:

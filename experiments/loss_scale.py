@@ -41,7 +41,7 @@ import loss_scale_report as report  # noqa: E402
 import weightax as wx  # noqa: E402
 from weightax.datasets import load_digits  # noqa: E402
 from weightax.nn import init_mlp  # noqa: E402
-from weightax.runs import new_run_dir  # noqa: E402
+from weightax.runs import run_dir  # noqa: E402
 
 # name -> (factory of the learning rate, default learning rate, coupled L2 in the loss?)
 OPTIMIZERS = {
@@ -193,15 +193,8 @@ def make_train(args: argparse.Namespace, x: jax.Array, y: jax.Array):
 
 def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)  # every option is checked here, before any output is written
-  existed = args.out is not None and Path(args.out).exists()
-  out = new_run_dir("loss_scale", args.out)
-  try:
+  with run_dir("loss_scale", args.out) as out:  # removed if the run fails before writing
     return _run(args, out)
-  except BaseException:
-    # a run that fails (or is interrupted) before writing anything leaves no empty directory
-    if not existed and out.is_dir() and not any(out.iterdir()):
-      out.rmdir()
-    raise
 
 
 def _run(args: argparse.Namespace, out: Path) -> dict:

@@ -54,7 +54,7 @@ import weightax as wx  # noqa: E402
 from weightax import losses as L  # noqa: E402
 from weightax.datasets import long_tailed_split  # noqa: E402
 from weightax.nn import MLP  # noqa: E402
-from weightax.runs import new_run_dir, write_json  # noqa: E402
+from weightax.runs import run_dir, write_json  # noqa: E402
 
 NUM_CLASSES = 10
 METHODS = ("ce", "focal", "ghm", "cb", "la", "l2rw", "mwn")
@@ -132,14 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   if args.steps % args.eval_every:
     p.error(f"--steps ({args.steps}) must be a positive multiple of --eval-every "
             f"({args.eval_every})")
-  if not 0 < args.val_per_class < args.test_per_class:
-    p.error(f"need 0 < --val-per-class < --test-per-class; got {args.val_per_class}, "
-            f"{args.test_per_class}")
-  try:
-    long_tailed_split(imbalance_ratio=1.0, test_per_class=args.test_per_class,
-                      seed=args.data_seed)
-  except ValueError as e:
-    p.error(f"--test-per-class: {e}")
+  _report.check_digits_split(p, args)
   for name, (lo, hi, lo_open, hi_open) in RANGES.items():
     v = getattr(args, name)
     with np.errstate(over="ignore"):
@@ -484,14 +477,8 @@ def plot(out: Path, summary: dict[str, Any], results: dict[str, wx.SweepResult],
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)  # every check, before a run directory exists
-  fresh = args.out is None or not Path(args.out).exists()
-  out = new_run_dir("meta_weighting", args.out)
-  try:
+  with run_dir("meta_weighting", args.out) as out:  # an interrupted run leaves no empty directory
     return _run(args, out)
-  except BaseException:  # an interrupted run leaves no empty directory behind
-    if fresh and not any(out.iterdir()):
-      out.rmdir()
-    raise
 
 
 def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:

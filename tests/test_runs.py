@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from weightax import runs
 from weightax.runs import check_out, new_run_dir, write_json
 
 
@@ -41,3 +42,21 @@ def test_check_out_creates_nothing(tmp_path):
 def test_write_json_nan_becomes_null(tmp_path):
   write_json(tmp_path / "a.json", {"a": math.nan, "b": [1.0, math.inf]})
   assert json.loads((tmp_path / "a.json").read_text()) == {"a": None, "b": [1.0, None]}
+
+
+def test_run_dir_removes_only_an_empty_directory_it_created(tmp_path):
+  with pytest.raises(KeyboardInterrupt):
+    with runs.run_dir("study", root=tmp_path) as out:
+      raise KeyboardInterrupt
+  assert not out.exists()  # created here, nothing written: removed
+  with pytest.raises(RuntimeError):
+    with runs.run_dir("study", root=tmp_path) as out:
+      (out / "partial.csv").write_text("x")
+      raise RuntimeError
+  assert (out / "partial.csv").exists()  # something written: kept
+  given = tmp_path / "given"
+  given.mkdir()
+  with pytest.raises(RuntimeError):
+    with runs.run_dir("study", given):
+      raise RuntimeError
+  assert given.is_dir()  # the user's own empty --out directory is left alone

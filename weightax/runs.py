@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_out", "new_run_dir", "write_json"]
+__all__ = ["check_out", "new_run_dir", "run_dir", "write_json"]
 
 
 def check_out(out: str | Path) -> Path:
@@ -58,6 +60,23 @@ def new_run_dir(study: str, out: str | Path | None = None, *, root: str | Path =
     except FileExistsError:
       continue
   raise FileExistsError(f"Could not create a fresh run directory under {base}.")
+
+
+@contextlib.contextmanager
+def run_dir(study: str, out: str | Path | None = None, *,
+            root: str | Path = "runs") -> Iterator[Path]:
+  """:func:`new_run_dir` for a ``with`` block that removes it again if the block fails
+  (or is interrupted) before writing anything, so no empty run directory is left behind.
+  An ``out`` directory that existed before is never removed.
+  """
+  existed = out is not None and Path(out).exists()
+  path = new_run_dir(study, out, root=root)
+  try:
+    yield path
+  except BaseException:
+    if not existed and path.is_dir() and not any(path.iterdir()):
+      path.rmdir()
+    raise
 
 
 def _clean(x: Any) -> Any:
