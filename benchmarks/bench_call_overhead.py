@@ -13,6 +13,11 @@ three medians in milliseconds:
 and the size of the standalone call's compiled program: its fusions, while loops and
 library calls (LAPACK on the CPU), counted in XLA's optimised HLO text.
 
+``--without-guard`` adds, for each weighting, a row of the same function without
+its common entry's checks (``weightings._solvers.pure_weighting``: the NaN/inf test
+of the Gramian and the arguments, the dtype promotion), at full matmul precision as
+before: what the "NaN in, NaN out" rule costs.
+
 ``--sync`` turns JAX's asynchronous CPU dispatch off for the process
 (``jax_cpu_enable_async_dispatch``); XLA flags are taken from ``XLA_FLAGS`` as
 usual. Needs no torch.
@@ -45,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="MB of float64 summed between the calls of 'call, cold'")
   parser.add_argument("--sync", action="store_true",
                       help="jax_cpu_enable_async_dispatch = False for this process")
+  parser.add_argument("--without-guard", action="store_true",
+                      help="also time each weighting without its NaN guard (pure_weighting)")
   parser.add_argument("--quick", action="store_true", help="K = 4, n = 3, 5 reps (a smoke test)")
   args = parser.parse_args(argv)
   if args.quick:
@@ -70,9 +77,19 @@ def main(argv: list[str] | None = None) -> None:
   stack = jnp.asarray(np.stack(gs))
   big = np.ones(int(args.sweep_mb * 2**20 / 8))
   eye = jnp.eye(args.k, dtype=jnp.float32)
+  from weightax.weightings._solvers import full_precision
+
+  def unguarded(fn):
+    while hasattr(fn, "__wrapped__"):  # jax.jit and pure_weighting both wrap
+      fn = fn.__wrapped__
+    return jax.jit(full_precision(fn))
+
   programs = {"trivial jit (G's first row)": jax.jit(lambda g: g[0]),
-              "cholesky": jax.jit(lambda g: jnp.linalg.cholesky(g + eye)),
-              **{m: getattr(ww, m) for m in methods}}
+              "cholesky": jax.jit(lambda g: jnp.linalg.cholesky(g + eye))}
+  for m in methods:
+    programs[m] = getattr(ww, m)
+    if args.without_guard:
+      programs[f"{m} without the NaN guard"] = unguarded(getattr(ww, m))
   print(f"K = {args.k}, JAX {jax.__version__} on {jax.devices()[0].platform}, async dispatch "
         f"{'off' if args.sync else 'on'}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
         f"medians of {args.reps} calls, ms", file=sys.stderr)

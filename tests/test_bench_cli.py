@@ -109,6 +109,11 @@ def test_bench_call_overhead_quick():
   for row in rows:
     assert all(float(c) > 0 for c in row[1:4])
 
+  both = _run("benchmarks/bench_call_overhead.py", "--quick", "--methods", "imtl_g",
+              "--without-guard")
+  assert both.returncode == 0, both.stderr
+  assert "| imtl_g without the NaN guard |" in both.stdout
+
   bad = _run("benchmarks/bench_call_overhead.py", "--methods", "dualproj,nope")
   assert bad.returncode == 2 and "['nope'] are not in weightax.weightings" in bad.stderr
 
